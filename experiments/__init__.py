@@ -1,0 +1,1 @@
+"""Experiments: the `mlkv-trader` CLI, training, backtesting, reports, benchmarks and configs."""
