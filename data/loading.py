@@ -169,9 +169,6 @@ def find_defects(
 def _read(source: str | Path | pd.DataFrame, time_column: str | None) -> _Raw:
     if isinstance(source, pd.DataFrame):
         frame, name, offset, word = source.copy(), "<DataFrame>", 1, "row"
-        if time_column is None and isinstance(frame.index, pd.DatetimeIndex):
-            frame = frame.reset_index(names="__index_time__")
-            time_column = "__index_time__"
     else:
         path = Path(source)
         name = path.name
@@ -194,6 +191,9 @@ def _read(source: str | Path | pd.DataFrame, time_column: str | None) -> _Raw:
                 "header line?",
                 source=name,
             ) from e
+    if time_column is None and isinstance(frame.index, pd.DatetimeIndex):
+        frame = frame.reset_index(names="__index_time__")  # a frame indexed by time
+        time_column = "__index_time__"
     names = _match_columns(frame, name, time_column)
     frame = frame[list(names.values())].rename(columns={v: k for k, v in names.items()})
     if len(frame) == 0:
@@ -319,8 +319,12 @@ def _inspect(
     finite = np.isfinite(values)
     for j, canon in enumerate(PRICE_COLUMNS):
         v = values[:, j]
-        add("non-positive price", canon, finite[:, j] & (v <= 0), lambda p, v=v, c=canon:
-            f"{c} {v[p]:g} is not positive")
+        add(
+            "non-positive price",
+            canon,
+            finite[:, j] & (v <= 0),
+            lambda p, v=v, c=canon: f"{c} {v[p]:g} is not positive",
+        )
     vol = values[:, 4]
     add("negative volume", "volume", finite[:, 4] & (vol < 0), lambda p: f"volume {vol[p]:g} < 0")
     o, h, l, c = (values[:, j] for j in range(4))

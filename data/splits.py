@@ -55,10 +55,12 @@ def chronological_split(
     if not candles.index.is_monotonic_increasing:
         raise ValueError("candles must be sorted by time; load them with data.load_candles.")
     usable = len(candles) - 2 * embargo
-    n_train = int(round(fractions[0] * usable))
-    n_val = int(round(fractions[1] * usable))
+    n_train = round(fractions[0] * usable)
+    n_val = round(fractions[1] * usable)
     sizes = (n_train, n_val, max(usable - n_train - n_val, 0))
-    if usable <= 0 or any(0 < s < min_bars or (s == 0 and f > 0) for s, f in zip(sizes, fractions)):
+    if usable <= 0 or any(
+        0 < s < min_bars or (s == 0 and f > 0) for s, f in zip(sizes, fractions, strict=False)
+    ):
         raise ValueError(
             f"split of {len(candles)} bars with embargo={embargo} gives parts of {sizes} bars "
             f"(train, validation, test); each needs >= {min_bars}. Use more data, a smaller "

@@ -35,14 +35,18 @@ def path(name: str) -> Path:
     return Path(str(resources.files(__name__).joinpath(_DATASETS[name][0])))
 
 
+def time_format(name: str) -> str:
+    """``strftime`` format of an embedded dataset's time column."""
+    _check(name)
+    return _DATASETS[name][1]
+
+
 def load(name: str) -> pd.DataFrame:
     """Load an embedded dataset by name (see :func:`available`) as validated candles."""
     _check(name)
-    return load_candles(path(name), time_format=_DATASETS[name][1])
+    return load_candles(path(name), time_format=time_format(name))
 
 
 def _check(name: str) -> None:
     if name not in _DATASETS:
-        raise ValueError(
-            f"unknown embedded dataset {name!r}; available: {', '.join(_DATASETS)}."
-        )
+        raise ValueError(f"unknown embedded dataset {name!r}; available: {', '.join(_DATASETS)}.")
