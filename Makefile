@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/mlkv-trader demo
+	$(VENV)/bin/mlkv-trader data info eurusd_h1
 
 test: install
 	$(PY) -m pytest -q
