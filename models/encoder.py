@@ -1,0 +1,376 @@
+"""The MLKV encoder: a pre-norm transformer over candle features with KV sharing.
+
+Every bar is a token. Layers use causal sliding-window attention of width ``W`` with
+rotary positions; K/V are computed (and rotated) only at the plan's owner layers and
+reused by the layers that share them. Because other bars reach a token only through
+K/V, a bar's output depends on exactly the last ``n_kv_layers * (W - 1) + 1`` bars
+(:attr:`MLKVEncoder.receptive_field`), whatever the depth.
+
+The same weights run three ways, equal up to float rounding:
+
+* :meth:`MLKVEncoder.forward` -- windows ``[B, T, F] -> [B, T, D]`` (training);
+* :meth:`MLKVEncoder.encode_series` -- every bar of a long series in one pass,
+  ``[N, F] -> [N, D]`` or ``[B, N, F] -> [B, N, D]``, differentiable;
+* :meth:`MLKVEncoder.step` -- one bar at a time with a :class:`~models.cache.KVCache`
+  (inference).
+
+For ``T >= receptive_field`` the last row of ``forward(x[t-T+1 : t+1])`` equals
+``encode_series(x)[t]`` and the ``t``-th ``step`` output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention import SharedKVAttention, band_mask
+from .cache import KVCache
+from .plan import KVSharingPlan
+from .rotary import rotary_tables
+
+__all__ = ["EncoderConfig", "MLKVEncoder"]
+
+#: Accepted values of :attr:`EncoderConfig.compile` besides ``None``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters of :class:`MLKVEncoder`.
+
+    Example:
+        >>> cfg = EncoderConfig(n_features=10, d_model=64, plan=KVSharingPlan.reference(),
+        ...                     window=16)
+        >>> cfg.receptive_field
+        46
+    """
+
+    n_features: int  # per-bar input features F
+    d_model: int  # token width D; divisible by plan.n_heads
+    plan: KVSharingPlan  # layers, heads and KV sharing (a dict goes through from_dict)
+    window: int  # attention window W in bars, the query's own bar included (>= 1)
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * d_model
+    dropout: float = 0.0  # dropout on attention weights and residual branches, in [0, 1)
+    rope_base: float = 10_000.0  # rotary base (> 1); frequencies base**(-2j/head_dim)
+    bias: bool = True  # biases in the linear layers
+    norm_eps: float = 1e-5  # LayerNorm epsilon (> 0)
+    chunk: int = 2048  # default queries per attention call of encode_series (>= 1)
+    autocast_bf16: bool = False  # run under torch.autocast(bfloat16): the CUDA fast path
+    compile: str | None = None  # torch.compile mode for all three modes; None = eager
+
+    def __post_init__(self) -> None:
+        if isinstance(self.plan, dict):
+            object.__setattr__(self, "plan", KVSharingPlan.from_dict(self.plan))
+        if not isinstance(self.plan, KVSharingPlan):
+            raise ValueError(
+                f"EncoderConfig.plan must be a KVSharingPlan or a plan dict, got {self.plan!r}."
+            )
+        for name in ("n_features", "d_model", "window", "mlp_ratio", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EncoderConfig.{name} must be an integer >= 1, got {value!r}.")
+        if self.d_model % self.plan.n_heads:
+            raise ValueError(
+                f"EncoderConfig.d_model = {self.d_model} must be divisible by plan.n_heads = "
+                f"{self.plan.n_heads}."
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"EncoderConfig.d_model / plan.n_heads = {self.head_dim} (head_dim) must be "
+                f"even for rotary positions; change d_model or n_heads."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}.")
+        if not self.rope_base > 1.0:
+            raise ValueError(f"EncoderConfig.rope_base must be > 1, got {self.rope_base}.")
+        if not self.norm_eps > 0.0:
+            raise ValueError(f"EncoderConfig.norm_eps must be > 0, got {self.norm_eps}.")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(
+                f"EncoderConfig.compile must be None or one of {COMPILE_MODES}, "
+                f"got {self.compile!r}."
+            )
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer layers (from the plan)."""
+        return self.plan.n_layers
+
+    @property
+    def head_dim(self) -> int:
+        """Size of each attention head, ``d_model / n_heads``."""
+        return self.d_model // self.plan.n_heads
+
+    @property
+    def receptive_field(self) -> int:
+        """Bars a token's output depends on: ``n_kv_layers * (window - 1) + 1``."""
+        return self.plan.n_kv_layers * (self.window - 1) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON friendly); :meth:`from_dict` inverts it."""
+        out = dataclasses.asdict(self)
+        out["plan"] = self.plan.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> EncoderConfig:
+        """Build from a dict such as the one :meth:`to_dict` writes (``plan`` may be a dict)."""
+        return cls(**spec)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``."""
+
+    def __init__(self, config: EncoderConfig, layer: int) -> None:
+        super().__init__()
+        plan, D = config.plan, config.d_model
+        self.norm1 = nn.LayerNorm(D, eps=config.norm_eps, bias=config.bias)
+        self.attn = SharedKVAttention(
+            D,
+            plan.n_heads,
+            plan.n_kv_heads,
+            layer,
+            plan.kv_source[layer],
+            bias=config.bias,
+            dropout=config.dropout,
+        )
+        self.norm2 = nn.LayerNorm(D, eps=config.norm_eps, bias=config.bias)
+        self.mlp = nn.Sequential(
+            nn.Linear(D, config.mlp_ratio * D, bias=config.bias),
+            nn.GELU(),
+            nn.Linear(config.mlp_ratio * D, D, bias=config.bias),
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def series(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
+        """``[B, N, D] -> [B, N, D]``; ``attn_args`` as in :meth:`SharedKVAttention.series`."""
+        h = h + self.drop(self.attn.series(self.norm1(h), *attn_args))
+        return h + self.drop(self.mlp(self.norm2(h)))
+
+    def step(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
+        """``[B, D] -> [B, D]``; ``attn_args`` as in :meth:`SharedKVAttention.step`."""
+        h = h + self.attn.step(self.norm1(h), *attn_args)
+        return h + self.mlp(self.norm2(h))
+
+
+class MLKVEncoder(nn.Module):
+    """Candle encoder with multi-layer KV sharing and causal sliding-window attention.
+
+    Args:
+        config: the hyper-parameters; ``config.plan`` fixes layers, heads and KV sharing.
+
+    Example:
+        >>> enc = MLKVEncoder(EncoderConfig(8, 32, KVSharingPlan.mlkv(4, 4, 1, 2), window=8))
+        >>> enc(torch.randn(2, enc.receptive_field, 8)).shape
+        torch.Size([2, 15, 32])
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        plan = config.plan
+        self.inp = nn.Linear(config.n_features, config.d_model, bias=config.bias)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(plan.n_layers))
+        self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+        # last layer reading each owner's K/V: the series path frees them after it
+        self._last_use = {
+            o: max(i for i, s in enumerate(plan.kv_source) if s == o) for o in plan.owners
+        }
+        self.apply(self._init_weights)
+        for block in self.blocks:  # GPT-2 scaled init of the residual projections
+            for lin in (block.attn.out_proj, block.mlp[2]):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * plan.n_layers))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def receptive_field(self) -> int:
+        """Bars a token's output depends on: ``n_kv_layers * (window - 1) + 1``.
+
+        Windows of at least this many bars give the same last-token output as encoding
+        the whole series; shorter windows do not.
+        """
+        return self.config.receptive_field
+
+    @property
+    def window(self) -> int:
+        """Attention window ``W``."""
+        return self.config.window
+
+    # ------------------------------------------------------------------ public modes
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode windows of bars, each window on its own (positions restart at 0).
+
+        Args:
+            x: ``[B, T, F]`` candle features, oldest bar first.
+
+        Returns:
+            ``[B, T, D]``; row ``t`` depends on bars ``max(0, t - receptive_field + 1) .. t``
+            of its window only.
+        """
+        if x.dim() != 3:
+            raise ValueError(
+                f"MLKVEncoder.forward: expected windows [B, T, F={self.config.n_features}], "
+                f"got shape {tuple(x.shape)}; use encode_series for one [N, F] series."
+            )
+        return self._dispatch("series")(self._check_features(x, "forward"), self.config.chunk)
+
+    def encode_series(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Encode every bar of one or more series in a single pass.
+
+        Differentiable (no ``no_grad`` inside): wrap it in ``torch.inference_mode()`` for
+        rollouts and evaluation, leave it under autograd for training on segments. Memory
+        is ``O(N * D)`` for activations plus ``O(chunk * 2W)`` attention scores per head.
+
+        Args:
+            x: ``[N, F]`` one series or ``[B, N, F]`` a batch of series, oldest bar first.
+            chunk: queries per attention call (rounded down to a multiple of the window,
+                at least one window); default ``config.chunk``.
+
+        Returns:
+            ``[N, D]`` or ``[B, N, D]``: row ``t`` equals ``forward`` of any window of
+            ``>= receptive_field`` bars ending at bar ``t``.
+        """
+        if x.dim() not in (2, 3):
+            raise ValueError(
+                f"MLKVEncoder.encode_series: expected [N, F={self.config.n_features}] or "
+                f"[B, N, F], got shape {tuple(x.shape)}."
+            )
+        single = x.dim() == 2
+        x = self._check_features(x[None] if single else x, "encode_series")  # [B, N, F]
+        chunk = self.config.chunk if chunk is None else chunk
+        if chunk < 1:
+            raise ValueError(f"MLKVEncoder.encode_series: chunk must be >= 1, got {chunk}.")
+        out = self._dispatch("series")(x, chunk)  # [B, N, D]
+        return out[0] if single else out
+
+    def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Encode the next bar of ``B`` streams, reading and updating ``cache``.
+
+        Inference only: call it under ``torch.inference_mode()`` (or ``no_grad``). Call
+        ``cache.reset(mask)`` for rows whose episode restarts before their first bar.
+
+        Args:
+            x_t: ``[B, F]`` features of each stream's newest bar.
+            cache: from :meth:`new_cache` with the same batch size.
+
+        Returns:
+            ``[B, D]``: equals ``encode_series`` of each stream (since its last reset) at
+            this bar.
+        """
+        if x_t.dim() != 2 or x_t.shape[0] != cache.batch:
+            raise ValueError(
+                f"MLKVEncoder.step: expected x_t [B={cache.batch}, F={self.config.n_features}] "
+                f"matching the cache's batch, got shape {tuple(x_t.shape)}."
+            )
+        return self._dispatch("step")(self._check_features(x_t, "step"), cache)
+
+    def new_cache(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty streaming cache for ``batch`` streams.
+
+        Args:
+            batch: number of streams (environments).
+            device: defaults to the encoder's device.
+            dtype: defaults to bfloat16 under ``autocast_bf16``, else the encoder's dtype.
+        """
+        p = self.inp.weight
+        if dtype is None:
+            dtype = torch.bfloat16 if self.config.autocast_bf16 else p.dtype
+        return KVCache(
+            self.config.plan,
+            batch,
+            self.config.window,
+            self.config.head_dim,
+            device=p.device if device is None else device,
+            dtype=dtype,
+        )
+
+    # ------------------------------------------------------------------ implementation
+    def _check_features(self, x: torch.Tensor, where: str) -> torch.Tensor:
+        if x.shape[-1] != self.config.n_features:
+            raise ValueError(
+                f"MLKVEncoder.{where}: last axis must have n_features = "
+                f"{self.config.n_features} features, got shape {tuple(x.shape)}."
+            )
+        return x
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if not self.config.autocast_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def _series(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """``[B, N, F] -> [B, N, D]`` with block attention (shared by forward/encode_series)."""
+        cfg = self.config
+        N = x.shape[1]
+        W, Dh = cfg.window, cfg.head_dim
+        G = cfg.plan.n_heads // cfg.plan.n_kv_heads
+        nb = -(-N // W)  # blocks of W queries, the last one padded
+        chunk_blocks = max(1, chunk // W)
+        with self._autocast(x.device):
+            h = self.inp(x)  # [B, N, D]
+            if nb * W != N:
+                h = nn.functional.pad(h, (0, 0, 0, nb * W - N))  # [B, nb*W, D]; pad is last
+            pos = torch.arange(nb * W, device=x.device)  # [nb*W]
+            cos, sin = rotary_tables(pos, Dh, cfg.rope_base, h.dtype)  # [nb*W, Dh/2] each
+            band = band_mask(W, G, device=x.device)  # [G*W, 2W]
+            kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for i, block in enumerate(self.blocks):
+                h = block.series(h, cos, sin, kv, W, band, chunk_blocks)  # [B, nb*W, D]
+                src = cfg.plan.kv_source[i]
+                if self._last_use[src] == i:
+                    del kv[src]
+            h = self.norm(h[:, :N])  # [B, N, D]
+        return h.to(x.dtype)
+
+    def _step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """``[B, F] -> [B, D]`` for one bar per stream."""
+        cfg = self.config
+        W = cfg.window
+        with self._autocast(x_t.device):
+            h = self.inp(x_t)  # [B, D]
+            pos = cache.pos  # [B]
+            cos, sin = rotary_tables(pos, cfg.head_dim, cfg.rope_base, h.dtype)  # [B, Dh/2]
+            n_valid = (pos + 1).clamp(max=W)  # [B] bars of this episode in the window
+            valid = torch.arange(W, device=pos.device) < n_valid[:, None]  # [B, W]
+            for block in self.blocks:
+                h = block.step(h, cos, sin, cache, valid)  # [B, D]
+            cache.advance()
+            h = self.norm(h)  # [B, D]
+        return h.to(x_t.dtype)
+
+    def _dispatch(self, name: str) -> Callable[..., torch.Tensor]:
+        """The eager implementation, or its ``torch.compile``-d version (built on first use)."""
+        fn = getattr(self, f"_{name}")
+        if self.config.compile is None:
+            return fn
+        compiled = self.__dict__.setdefault("_compiled", {})
+        if name not in compiled:
+            compiled[name] = torch.compile(fn, mode=self.config.compile, dynamic=None)
+        return compiled[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__().copy()
+        state.pop("_compiled", None)  # compiled callables do not pickle or deep-copy
+        return state
+
+    def extra_repr(self) -> str:
+        return f"plan={self.config.plan}, window={self.window}, rf={self.receptive_field}"

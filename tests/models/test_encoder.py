@@ -1,0 +1,235 @@
+"""MLKVEncoder: against a naive reference, config validation, parameters, gradients, API."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import pytest
+import torch
+
+from models import EncoderConfig, KVSharingPlan, MLKVEncoder
+
+
+def naive_encode(enc: MLKVEncoder, x: torch.Tensor) -> torch.Tensor:
+    """Reference: the encoder's weights run bar by bar, head by head, with explicit loops.
+
+    Rotary positions are written with complex numbers (pair ``j`` is ``(x[j], x[j+Dh/2])``,
+    rotated by ``pos * base**(-2j/Dh)``), independently of :mod:`models.rotary`.
+
+    Args:
+        x: ``[N, F]`` one series.
+
+    Returns:
+        ``[N, D]``.
+    """
+    cfg = enc.config
+    plan, W, Dh = cfg.plan, cfg.window, cfg.head_dim
+    H, Hkv, N = plan.n_heads, plan.n_kv_heads, x.shape[0]
+    freqs = cfg.rope_base ** (-torch.arange(Dh // 2, dtype=torch.float64) * 2 / Dh)
+    turn = torch.polar(
+        torch.ones(N, Dh // 2, dtype=torch.float64),
+        torch.arange(N, dtype=torch.float64)[:, None] * freqs,
+    )  # [N, Dh/2]
+
+    def rope(v: torch.Tensor) -> torch.Tensor:  # [N, heads, Dh]
+        z = torch.complex(v[..., : Dh // 2].double(), v[..., Dh // 2 :].double())
+        z = z * turn[:, None]
+        return torch.cat((z.real, z.imag), dim=-1).to(v.dtype)
+
+    h = enc.inp(x)
+    keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i, block in enumerate(enc.blocks):
+        a = block.norm1(h)
+        attn = block.attn
+        if plan.kv_source[i] == i:
+            kv = attn.kv_proj(a).view(N, 2, Hkv, Dh)
+            keys[i] = (rope(kv[:, 0]), kv[:, 1])
+        k, v = keys[plan.kv_source[i]]
+        q = rope(attn.q_proj(a).view(N, H, Dh))
+        out = torch.zeros(N, H, Dh, dtype=x.dtype)
+        for t in range(N):
+            lo = max(0, t - W + 1)
+            for head in range(H):
+                g = head // (H // Hkv)
+                scores = k[lo : t + 1, g] @ q[t, head] / math.sqrt(Dh)
+                out[t, head] = torch.softmax(scores, 0) @ v[lo : t + 1, g]
+        h = h + attn.out_proj(out.reshape(N, H * Dh))
+        h = h + block.mlp(block.norm2(h))
+    return enc.norm(h)
+
+
+@pytest.mark.parametrize(
+    ("plan", "window"),
+    [
+        (KVSharingPlan.mha(2, 2), 3),
+        (KVSharingPlan.gqa(3, 4, 2), 4),
+        (KVSharingPlan.reference(), 2),
+        (KVSharingPlan.mlkv(3, 4, 1, 1), 5),
+    ],
+)
+@torch.inference_mode()
+def test_matches_the_naive_reference(make_encoder, plan, window):
+    enc = make_encoder(plan, window).double()
+    x = torch.randn(13, 5, dtype=torch.float64)
+    expected = naive_encode(enc, x)
+    torch.testing.assert_close(enc.encode_series(x), expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(enc(x[None])[0], expected, atol=1e-10, rtol=0)
+    # and the comparison can fail: a wrong window in the reference is caught
+    enc_wide = make_encoder(plan, window + 1).double()
+    assert (naive_encode(enc_wide, x) - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"d_model": 30}, "d_model = 30 must be divisible by plan.n_heads = 4"),
+        ({"d_model": 12}, r"head_dim\) must be even"),
+        ({"window": 0}, "EncoderConfig.window must be an integer >= 1"),
+        ({"n_features": 0}, "EncoderConfig.n_features"),
+        ({"mlp_ratio": 0}, "EncoderConfig.mlp_ratio"),
+        ({"chunk": 0}, "EncoderConfig.chunk"),
+        ({"window": 2.5}, "EncoderConfig.window"),
+        ({"dropout": 1.0}, r"EncoderConfig.dropout must be in \[0, 1\)"),
+        ({"rope_base": 1.0}, "EncoderConfig.rope_base"),
+        ({"norm_eps": 0.0}, "EncoderConfig.norm_eps"),
+        ({"compile": "fast"}, "EncoderConfig.compile"),
+        ({"plan": "mlkv"}, "EncoderConfig.plan"),
+        ({"plan": {"kind": "mlkv", "n_layers": 2}}, "missing"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs, field):
+    base = {"n_features": 3, "d_model": 16, "plan": KVSharingPlan.mha(2, 4), "window": 4}
+    with pytest.raises(ValueError, match=field):
+        EncoderConfig(**{**base, **kwargs})
+
+
+def test_config_accepts_a_plan_dict_and_round_trips():
+    cfg = EncoderConfig(7, 64, {"kind": "reference"}, window=16, dropout=0.1)
+    assert cfg.plan == KVSharingPlan.reference()
+    assert cfg.receptive_field == 3 * 15 + 1
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _kv_params(d: int, plan: KVSharingPlan) -> int:
+    return d * 2 * plan.n_kv_heads * (d // plan.n_heads) + 2 * plan.n_kv_heads * (d // plan.n_heads)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        KVSharingPlan.mha(4, 4),
+        KVSharingPlan.gqa(4, 4, 2),
+        KVSharingPlan.cla(4, 4, 2, 2),
+        KVSharingPlan.mlkv(4, 4, 2, 1),
+        KVSharingPlan.reference(),
+    ],
+)
+def test_parameter_count_drops_by_the_missing_kv_projections(plan):
+    d, f = 32, 6
+    enc = MLKVEncoder(EncoderConfig(f, d, plan, window=3))
+    per_layer = 2 * d + (d * d + d) + (d * d + d) + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    expected = (f * d + d) + plan.n_layers * per_layer + plan.n_kv_layers * _kv_params(d, plan)
+    expected += 2 * d  # final norm
+    assert sum(p.numel() for p in enc.parameters()) == expected
+    for i, block in enumerate(enc.blocks):
+        assert (block.attn.kv_proj is not None) == (i in plan.owners)
+    # an all-owner plan with the same heads has exactly the shared projections more
+    full = MLKVEncoder(
+        EncoderConfig(
+            f, d, KVSharingPlan.gqa(plan.n_layers, plan.n_heads, plan.n_kv_heads), window=3
+        )
+    )
+    extra = (plan.n_layers - plan.n_kv_layers) * _kv_params(d, plan)
+    assert sum(p.numel() for p in full.parameters()) - expected == extra
+
+
+@pytest.mark.parametrize("mode", ["forward", "encode_series", "encode_series_batched"])
+def test_gradients_reach_every_parameter(make_encoder, mode):
+    enc = make_encoder(KVSharingPlan.reference(), window=3, dropout=0.1).train()
+    x = torch.randn(2, 20, 5, requires_grad=True)
+    if mode == "forward":
+        y = enc(x)
+    elif mode == "encode_series":
+        y = enc.encode_series(x[0], chunk=6)
+    else:
+        y = enc.encode_series(x, chunk=6)
+    assert y.requires_grad
+    y.square().mean().backward()
+    for name, p in enc.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_dropout_is_active_in_training_only(make_encoder):
+    enc = make_encoder(KVSharingPlan.gqa(2, 4, 2), window=4, dropout=0.5)
+    x = torch.randn(1, 16, 5)
+    enc.train()
+    assert not torch.equal(enc(x), enc(x))
+    enc.eval()
+    assert torch.equal(enc(x), enc(x))
+
+
+def test_shapes_and_receptive_field():
+    enc = MLKVEncoder(EncoderConfig(5, 32, KVSharingPlan.reference(), window=8))
+    assert enc.receptive_field == 3 * 7 + 1  # not n_layers * 7 + 1 = 64
+    mha = MLKVEncoder(EncoderConfig(5, 32, KVSharingPlan.mha(9, 8), window=8))
+    assert mha.receptive_field == 9 * 7 + 1
+    with torch.inference_mode():
+        assert enc(torch.randn(3, 11, 5)).shape == (3, 11, 32)
+        assert enc.encode_series(torch.randn(50, 5)).shape == (50, 32)
+        assert enc.encode_series(torch.randn(2, 50, 5)).shape == (2, 50, 32)
+        assert enc.encode_series(torch.randn(1, 5)).shape == (1, 32)
+        assert enc.step(torch.randn(4, 5), enc.new_cache(4)).shape == (4, 32)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda e: e(torch.randn(10, 5)), r"expected windows \[B, T, F=5\]"),
+        (lambda e: e(torch.randn(2, 10, 4)), "n_features = 5"),
+        (lambda e: e.encode_series(torch.randn(10)), r"expected \[N, F=5\]"),
+        (lambda e: e.encode_series(torch.randn(10, 6)), "n_features = 5"),
+        (lambda e: e.encode_series(torch.randn(10, 5), chunk=0), "chunk must be >= 1"),
+        (lambda e: e.step(torch.randn(3, 5), e.new_cache(2)), r"x_t \[B=2, F=5\]"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(call, message):
+    enc = MLKVEncoder(EncoderConfig(5, 16, KVSharingPlan.mqa(2, 4), window=4))
+    with pytest.raises(ValueError, match=message):
+        call(enc)
+
+
+def test_new_cache_follows_the_encoder_dtype_and_is_not_in_the_state_dict():
+    enc = MLKVEncoder(EncoderConfig(5, 16, KVSharingPlan.mqa(2, 4), window=4)).double()
+    cache = enc.new_cache(3)
+    assert cache.k0.dtype == torch.float64 and cache.k0.shape == (3, 1, 4, 4)
+    assert all("cache" not in k for k in enc.state_dict())
+
+
+def test_encoder_deep_copies_and_pickles_without_its_compiled_functions():
+    enc = MLKVEncoder(EncoderConfig(5, 16, KVSharingPlan.reference(), window=4, compile="default"))
+    enc.__dict__["_compiled"] = {"series": lambda *a: None}  # stands in for torch.compile output
+    x = torch.randn(1, 12, 5)
+    with torch.inference_mode():
+        for other in (copy.deepcopy(enc), pickle.loads(pickle.dumps(enc))):
+            assert "_compiled" not in other.__dict__
+            torch.testing.assert_close(other._series(x, 64), enc._series(x, 64), atol=0, rtol=0)
+
+
+@torch.inference_mode()
+def test_bf16_autocast_runs_on_cpu_close_to_fp32(make_encoder):
+    plan = KVSharingPlan.reference()
+    enc32 = make_encoder(plan, window=4)
+    enc16 = make_encoder(plan, window=4, autocast_bf16=True)
+    x = torch.randn(2, 30, 5)
+    ref = enc32.encode_series(x)
+    out = enc16.encode_series(x)
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 0.15
+    cache = enc16.new_cache(2)
+    assert cache.k0.dtype == torch.bfloat16
+    steps = torch.stack([enc16.step(x[:, t], cache) for t in range(30)], dim=1)
+    assert (steps - ref).abs().max() < 0.15
