@@ -1,1 +1,26 @@
-"""agents package."""
+"""SB3 glue for the MLKV encoder: features extractor, stochastic actor-critic, fast PPO.
+
+* :class:`MLKVExtractor` -- MLKV encoder on ``obs["candles"]`` + MLP on ``obs["account"]``;
+* :class:`MLKVActorCriticPolicy` -- Gaussian actor with state-dependent log-sigma (clamped
+  to :data:`LOG_STD_RANGE`) and a critic; ``action_stats``, ``encode_bars``,
+  ``heads_from_encoded`` for evaluation;
+* :class:`MLKVPPO` -- PPO whose rollouts look bar encodings up instead of re-encoding
+  windows and whose updates encode contiguous time segments in one pass;
+* :class:`BarRolloutBuffer`, :class:`SegmentObs` -- the bar-index storage behind it.
+"""
+
+from .buffers import BarRolloutBuffer
+from .extractor import DEFAULT_ENCODER, MLKVExtractor
+from .policy import LOG_STD_RANGE, MLKVActorCriticPolicy, SegmentObs
+from .ppo import MLKVPPO, PlainPathWarning
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "LOG_STD_RANGE",
+    "MLKVPPO",
+    "BarRolloutBuffer",
+    "MLKVActorCriticPolicy",
+    "MLKVExtractor",
+    "PlainPathWarning",
+    "SegmentObs",
+]

@@ -1,0 +1,317 @@
+"""PPO with fast rollouts and fast updates for the MLKV policy.
+
+:class:`MLKVPPO` is SB3's PPO (same constructor, ``learn``, ``save``/``load``) with two
+changes that only apply when the env exposes its feature array (``features``, ``[n_bars,
+F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
+
+* **Rollouts** (``fast_rollout``): weights are fixed during a rollout and a bar's encoding
+  depends only on the data, so each env's upcoming bars are encoded a chunk at a time with
+  ``encode_series`` under ``no_grad`` (:class:`~agents.bars.RolloutEncodings`) and looked up
+  by bar index, instead of encoding a ``T``-bar window per step. Sampling consumes the same
+  RNG draws as SB3's path, so actions, log-probs and values match it (float rounding
+  aside). The buffer (:class:`~agents.buffers.BarRolloutBuffer`) stores bar indices, not
+  windows.
+* **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
+  trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
+  reset). Each segment is encoded with exactly ``receptive_field - 1`` bars of context in
+  one batched ``encode_series`` pass under autograd, so a bar costs about ``1 +
+  (receptive_field - 1) / segment_len`` tokens per epoch instead of ``T``. Losses and
+  gradients equal those of the window path on the same minibatch.
+
+With an env that lacks ``features``/``bar_index`` (or whose observations are not plain
+slices of ``features``, e.g. under ``VecNormalize``), it warns once and runs SB3's own
+rollout and update.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+
+from models import EncoderConfig
+
+from .bars import BarSource, RolloutEncodings
+from .buffers import BarRolloutBuffer
+from .extractor import ACCOUNT_KEY, encoder_spec
+from .policy import MLKVActorCriticPolicy
+
+__all__ = ["MLKVPPO", "PlainPathWarning"]
+
+
+class PlainPathWarning(UserWarning):
+    """The fast rollout/update path is off for this env; SB3's window path runs instead."""
+
+
+class MLKVPPO(PPO):
+    """PPO whose rollouts and updates encode each bar about once instead of once per window.
+
+    A drop-in :class:`~stable_baselines3.PPO`: the same arguments plus the four below. The
+    policy alias ``"MLKVPolicy"`` names :class:`~agents.MLKVActorCriticPolicy`.
+
+    Example:
+        >>> model = MLKVPPO("MLKVPolicy", vec_env, n_steps=256, batch_size=64, seed=0,
+        ...                 policy_kwargs={"encoder": {"d_model": 64, "window": 16,
+        ...                                            "plan": {"kind": "reference"}}})
+        >>> model.learn(10_000)
+
+    Args:
+        policy: ``"MLKVPolicy"``, or any policy SB3's PPO accepts (then only the plain path
+            runs).
+        env: the (vec) env.
+        *args: PPO's positional arguments.
+        fast_rollout: encode rollout bars once and store bar indices (needs an env with
+            ``features`` and ``bar_index``).
+        fast_update: minibatches of contiguous time segments, one ``encode_series`` pass
+            each (needs ``fast_rollout``). ``False`` keeps SB3's random minibatches and
+            window encodings (windows rebuilt from the stored bars).
+        segment_len: longest time segment of a fast-update minibatch, in steps. Longer
+            segments amortise the ``receptive_field - 1`` bars of context better; shorter
+            ones mix more trajectories into each minibatch.
+        rollout_chunk: bars encoded at a time per env during rollouts.
+        **kwargs: PPO's keyword arguments.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **PPO.policy_aliases,
+        "MLKVPolicy": MLKVActorCriticPolicy,
+    }
+
+    def __init__(
+        self,
+        policy: str | type[BasePolicy],
+        env: Any,
+        *args: Any,
+        fast_rollout: bool = True,
+        fast_update: bool = True,
+        segment_len: int = 32,
+        rollout_chunk: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        if segment_len < 1 or rollout_chunk < 1:
+            raise ValueError(
+                f"MLKVPPO: segment_len and rollout_chunk must be >= 1, got {segment_len} and "
+                f"{rollout_chunk}."
+            )
+        self.fast_rollout = fast_rollout
+        self.fast_update = fast_update
+        self.segment_len = segment_len
+        self.rollout_chunk = rollout_chunk
+        self._features_cache: tuple[np.ndarray, th.Tensor] | None = None
+        self._warned_plain = False
+        policy_kwargs = kwargs.get("policy_kwargs")
+        if policy_kwargs and isinstance(policy_kwargs.get("encoder"), EncoderConfig):
+            # saved with the model as plain JSON rather than a pickled object
+            kwargs["policy_kwargs"] = {
+                **policy_kwargs, "encoder": encoder_spec(policy_kwargs["encoder"])
+            }
+        super().__init__(policy, env, *args, **kwargs)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_model(self) -> None:
+        user_class, user_kwargs = self.rollout_buffer_class, self.rollout_buffer_kwargs
+        if self._bar_path_possible(self.env)[0]:  # never allocate T-bar windows per sample
+            self.rollout_buffer_class = BarRolloutBuffer
+            self.rollout_buffer_kwargs = {**user_kwargs, **self._bar_buffer_kwargs()}
+        try:
+            super()._setup_model()
+        finally:
+            self.rollout_buffer_class, self.rollout_buffer_kwargs = user_class, user_kwargs
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_features_cache", "_warned_plain"]
+
+    def _bar_buffer_kwargs(self) -> dict[str, Any]:
+        return {
+            "segment_len": self.segment_len if self.fast_update else None,
+            "as_windows": False,
+        }
+
+    def _make_rollout_buffer(self, bars: bool) -> RolloutBuffer:
+        if bars:
+            cls: type[RolloutBuffer] = BarRolloutBuffer
+            kwargs = {**self.rollout_buffer_kwargs, **self._bar_buffer_kwargs()}
+        else:
+            cls = self.rollout_buffer_class or DictRolloutBuffer
+            kwargs = self.rollout_buffer_kwargs
+        return cls(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+            **kwargs,
+        )
+
+    def _bar_path_possible(self, env: VecEnv | None) -> tuple[bool, str]:
+        """Whether the fast path can run with ``env`` (before looking at observations)."""
+        if not self.fast_rollout:
+            return False, "fast_rollout=False"
+        if not issubclass(self.policy_class, MLKVActorCriticPolicy):
+            return False, f"the policy {self.policy_class.__name__} is not MLKVActorCriticPolicy"
+        user = self.rollout_buffer_class
+        if user is not None and not issubclass(user, BarRolloutBuffer):
+            return False, f"rollout_buffer_class={user.__name__} was given"
+        if not isinstance(self.action_space, spaces.Box):
+            return False, "the action space is not a Box"
+        source, reason = BarSource.from_env(env)
+        return source is not None, reason
+
+    def _bar_source(self, env: VecEnv) -> BarSource | None:
+        """The env's bar source if the fast path applies now, else ``None`` (warns once)."""
+        possible, reason = self._bar_path_possible(env)
+        source = BarSource.from_env(env)[0] if possible else None
+        if source is not None and not source.windows_match(self._last_obs, source.bar_index()):
+            source, reason = None, (
+                "the observed candles are not the slices of env.features that env.bar_index "
+                "names (is the env wrapped, e.g. in VecNormalize?)"
+            )
+        if source is None and self.fast_rollout and not self._warned_plain:
+            warnings.warn(
+                f"MLKVPPO: fast rollouts/updates are off because {reason}; running SB3's "
+                f"window path (every step encodes a full T-bar window).",
+                PlainPathWarning,
+                stacklevel=3,
+            )
+            self._warned_plain = True
+        return source
+
+    def _features_tensor(self, features: np.ndarray) -> th.Tensor:
+        """``features`` on the policy's device, uploaded once per feature array."""
+        cached = self._features_cache
+        if cached is None or cached[0] is not features:
+            tensor = th.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
+            self._features_cache = cached = (features, tensor)
+        return cached[1]
+
+    # ------------------------------------------------------------------ rollouts
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """Fill the rollout buffer: the bar path when the env allows it, else SB3's.
+
+        If the buffer passed in is of the wrong kind for the path that runs,
+        ``self.rollout_buffer`` is replaced by one of the right kind and filled instead.
+        """
+        source = self._bar_source(env)
+        bars = source is not None
+        if isinstance(rollout_buffer, BarRolloutBuffer) != bars:
+            self.rollout_buffer = rollout_buffer = self._make_rollout_buffer(bars)
+        if source is None:
+            return super().collect_rollouts(env, callback, rollout_buffer, n_rollout_steps)
+        assert isinstance(rollout_buffer, BarRolloutBuffer)
+        return self._collect_bar_rollouts(env, source, callback, rollout_buffer, n_rollout_steps)
+
+    def _collect_bar_rollouts(
+        self,
+        env: VecEnv,
+        source: BarSource,
+        callback: BaseCallback,
+        rollout_buffer: BarRolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """SB3's ``collect_rollouts`` with bar encodings looked up instead of windows encoded."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        policy = self.policy
+        assert isinstance(policy, MLKVActorCriticPolicy)
+        policy.set_training_mode(False)
+        features = self._features_tensor(source.features)
+        n_steps = 0
+        rollout_buffer.reset()
+        rollout_buffer.attach(features)
+        encodings = RolloutEncodings(policy, features, env.num_envs, self.rollout_chunk)
+        callback.on_rollout_start()
+
+        while n_steps < n_rollout_steps:
+            bar_index = self._checked_bar_index(source)  # [n_envs]
+            with th.no_grad():
+                encoded = encodings.lookup(bar_index, horizon=n_rollout_steps - n_steps + 1)
+                account = obs_as_tensor(self._last_obs[ACCOUNT_KEY], self.device)  # [n_envs, A]
+                actions, values, log_probs, sigmas = policy.act_from_encoded(encoded, account)
+            actions = actions.cpu().numpy()
+            clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
+
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
+            self.num_timesteps += env.num_envs
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            # Handle timeout by bootstrapping with the value function (SB3 GH#633); terminal
+            # observations are rare, so they take the window path.
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
+                    with th.no_grad():
+                        terminal_value = policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
+                    rewards[idx] += self.gamma * terminal_value
+
+            rollout_buffer.add_bars(
+                bar_index,
+                self._last_obs[ACCOUNT_KEY],
+                actions,
+                rewards,
+                self._last_episode_starts,  # type: ignore[arg-type]
+                values,
+                log_probs,
+                sigmas,
+            )
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        bar_index = self._checked_bar_index(source)
+        with th.no_grad():
+            encoded = encodings.lookup(bar_index, horizon=1)
+            account = obs_as_tensor(new_obs[ACCOUNT_KEY], self.device)
+            values = policy.heads_from_encoded(encoded, account)[2]  # [n_envs]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        self.logger.record("rollout/sigma_mean", float(rollout_buffer.sigmas.mean()))
+        self.logger.record("rollout/bars_encoded_per_step", encodings.bars_encoded / (
+            n_rollout_steps * env.num_envs))
+
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _checked_bar_index(self, source: BarSource) -> np.ndarray:
+        """``env.bar_index``, after checking it names the bars of the current observation."""
+        bar_index = source.bar_index()
+        if not source.last_bars_match(self._last_obs, bar_index):
+            raise RuntimeError(
+                "MLKVPPO: env.bar_index does not name the last bar of the current observation "
+                "(obs['candles'][i, -1] != env.features[env.bar_index[i]]); the env breaks the "
+                "features/bar_index contract. Pass fast_rollout=False to use SB3's window path."
+            )
+        return bar_index
+
+    # ------------------------------------------------------------------ updates
+    def train(self) -> None:
+        """SB3's PPO update; with a bar buffer its minibatches follow ``fast_update``."""
+        buffer = self.rollout_buffer
+        if isinstance(buffer, BarRolloutBuffer):
+            buffer.segment_len = self.segment_len if self.fast_update else None
+        super().train()
+        if isinstance(self.policy, MLKVActorCriticPolicy) and self.policy.last_sigma_mean:
+            self.logger.record("train/sigma_mean", self.policy.last_sigma_mean)
