@@ -14,7 +14,7 @@ import torch as th
 from gymnasium import spaces
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     before = th.get_num_threads()
     th.set_num_threads(1)

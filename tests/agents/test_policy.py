@@ -57,7 +57,7 @@ def test_extractor_rejects_window_shorter_than_receptive_field(dict_space, tiny_
 def test_extractor_rejects_wrong_n_features_and_bad_space(dict_space, tiny_encoder) -> None:
     with pytest.raises(ValueError, match="n_features = 5 disagrees"):
         MLKVExtractor(dict_space(), encoder={**tiny_encoder, "n_features": 5})
-    with pytest.raises(ValueError, match="unknown|unexpected"):
+    with pytest.raises(ValueError, match=r"unknown|unexpected"):
         MLKVExtractor(dict_space(), encoder={**tiny_encoder, "heads": 4})
     with pytest.raises(ValueError, match="needs observations Dict"):
         MLKVExtractor(spaces.Box(-1, 1, (8, 3)), encoder=tiny_encoder)  # type: ignore[arg-type]
@@ -109,7 +109,7 @@ def test_sigma_is_state_dependent_and_starts_at_log_std_init(dict_space, tiny_en
 
 
 def test_log_std_range_and_init_are_validated(dict_space, tiny_encoder) -> None:
-    with pytest.raises(ValueError, match="log_std_init = 2.0 must lie strictly inside"):
+    with pytest.raises(ValueError, match=r"log_std_init = 2\.0 must lie strictly inside"):
         make_policy(dict_space(), tiny_encoder, log_std_init=2.0)
     with pytest.raises(ValueError, match="use_sde=True is not supported"):
         make_policy(dict_space(), tiny_encoder, use_sde=True)
