@@ -1,0 +1,201 @@
+"""Experiment configuration: frozen dataclasses hold the defaults, YAML files the experiments.
+
+A YAML file mirrors :class:`TrainConfig` (sections ``data``, ``env``, ``model``, ``ppo``,
+``sac``); keys it leaves out take the defaults below. The resolved config is written into
+every run directory, so a run can be reproduced from its folder alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from envs import EnvConfig
+from experiments.schema import ConfigError, apply_overrides, from_dict, to_dict
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which candles to trade and how to split them."""
+
+    source: str = "eurusd_h1"
+    """Embedded dataset name, a CSV/CSV.gz/Parquet path, or ``synthetic:gbm|ar1|regime``."""
+    n_bars: int = 20_000
+    """Bars to generate (synthetic sources only)."""
+    params: dict[str, float] = field(default_factory=dict)
+    """Generator parameters for synthetic sources, e.g. ``{phi: 0.3, vol: 0.002}``."""
+    market_seed: int = 0
+    """Seed of the synthetic market (fixed across training seeds: same market, new agent)."""
+    time_format: str | None = None
+    """strftime format of a file's time column (None: inferred)."""
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    """Chronological shares of train / validation / test."""
+    embargo: int = 128
+    """Bars dropped between consecutive parts."""
+
+    def __post_init__(self) -> None:
+        if self.n_bars < 2:
+            raise ValueError(f"n_bars must be >= 2, got {self.n_bars}")
+        if self.embargo < 0:
+            raise ValueError(f"embargo must be >= 0, got {self.embargo}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The MLKV encoder and the actor-critic heads."""
+
+    d_model: int = 64
+    """Width of the encoder."""
+    window: int = 16
+    """Sliding attention window W (bars); receptive field = n_kv_layers * (W - 1) + 1."""
+    plan: dict[str, Any] = field(
+        default_factory=lambda: {
+            "kind": "mlkv",
+            "n_layers": 9,
+            "n_heads": 8,
+            "n_kv_heads": 2,
+            "n_kv_layers": 3,
+        }
+    )
+    """KV-sharing plan: ``kind`` (mha, gqa, mqa, cla, mlkv) and its constructor's arguments."""
+    account_hidden: int = 32
+    """Width of the MLP over the account features."""
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layers of the actor and critic heads."""
+    log_std_min: float = -5.0
+    """Lower clamp of the state-dependent log-sigma."""
+    log_std_max: float = 1.0
+    """Upper clamp of the state-dependent log-sigma."""
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1 or self.window < 1:
+            raise ValueError("d_model and window must be >= 1")
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError("log_std_min must be < log_std_max")
+        if "kind" not in self.plan:
+            raise ValueError("plan needs a 'kind' (mha, gqa, mqa, cla or mlkv)")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters (stable-baselines3 names)."""
+
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    n_steps: int = 256
+    """Env steps per env per rollout."""
+    batch_size: int = 256
+    """Samples per minibatch."""
+    n_epochs: int = 4
+    """Passes over each rollout."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """PPO ratio clip."""
+    ent_coef: float = 0.0
+    """Entropy bonus."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    target_kl: float | None = None
+    """Early-stop an update when the KL exceeds this (None: never)."""
+
+    def __post_init__(self) -> None:
+        if self.n_steps < 2 or self.batch_size < 2 or self.n_epochs < 1:
+            raise ValueError("n_steps and batch_size must be >= 2 and n_epochs >= 1")
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """SAC hyperparameters (stable-baselines3 names)."""
+
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity (transitions)."""
+    learning_starts: int = 1_000
+    """Steps of random actions before learning."""
+    batch_size: int = 256
+    """Samples per gradient step."""
+    tau: float = 0.005
+    """Target network soft-update rate."""
+    gamma: float = 0.99
+    """Discount factor."""
+    train_freq: int = 1
+    """Env steps between updates."""
+    gradient_steps: int = 1
+    """Gradient steps per update."""
+    ent_coef: str = "auto"
+    """Entropy coefficient ("auto" or a number as a string, e.g. "0.01")."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, environment, model, algorithm, budget and seed."""
+
+    name: str = "experiment"
+    """Run name: runs land in ``runs/<name>/<timestamp>-s<seed>/``."""
+    seed: int = 0
+    """One seed drives numpy, torch, the envs and SB3."""
+    algo: Literal["ppo", "sac"] = "ppo"
+    """Algorithm."""
+    total_steps: int = 100_000
+    """Env steps to train for (summed over envs)."""
+    n_envs: int = 8
+    """Environments stepped in lockstep by the batched VecEnv."""
+    eval_every: int = 10_000
+    """Env steps between validation passes (0: only at the end)."""
+    checkpoint_every: int = 10_000
+    """Env steps between checkpoints (0: only at the end)."""
+    device: str = "cpu"
+    """Torch device: cpu, cuda or auto."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data section."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Environment section (see docs/environment.md)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model section."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO section (used when algo is ppo)."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """SAC section (used when algo is sac)."""
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or self.n_envs < 1:
+            raise ValueError("total_steps and n_envs must be >= 1")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("eval_every and checkpoint_every must be >= 0")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML experiment (``yaml.safe_load``), apply ``key=value`` overrides, validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("--config", f"no such file: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(str(path), f"is not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(str(path), "must hold a mapping of config sections")
+    return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Validate a plain dict (e.g. a run's saved ``config.yaml``) into a :class:`TrainConfig`."""
+    return from_dict(TrainConfig, values)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    """The resolved config as YAML (every field, defaults included)."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,293 @@
+"""Backtest one or many trained policies across K stochastic passes, judge, and summarise.
+
+For each policy (one per training seed) :func:`backtest` runs, over the same test bars and
+costs: K stochastic passes (sampled actions), one deterministic pass (the mean), and K
+**exposure-matched random** passes (the policy's own |position| path with the direction of
+every holding segment drawn at random: same exposure, trade count and costs, no skill); plus
+flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
+policy encodes the test series once and shares it across its K passes. The verdict comes
+from :func:`experiments.evaluation.verdict.judge` on those arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from envs import EnvConfig
+from experiments.checkpoint import write_atomic
+from experiments.evaluation import stats
+from experiments.evaluation.passes import PassResult, ScheduledActions, run_policy_passes
+from experiments.evaluation.verdict import Verdict, VerdictConfig, judge
+
+FORMAT = "mlkv-trader-backtest"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SeedPasses:
+    """Everything run for one policy: K stochastic, 1 deterministic, K random passes."""
+
+    name: str  # run directory or a label
+    stochastic: PassResult  # [K, N]
+    deterministic: PassResult  # [1, N]
+    random: PassResult  # [K, N] exposure-matched random passes
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """All passes of all policies over one test period, the baselines and the verdict."""
+
+    seeds: list[SeedPasses]
+    buy_and_hold: PassResult  # [1, N]
+    flat: PassResult  # [1, N]
+    price: np.ndarray  # float64 [N] close of the bar each step is marked at
+    verdict: Verdict
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        return self.buy_and_hold.times
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON document written as ``backtest.json`` (see :func:`summarise`)."""
+        return summarise(self)
+
+
+def exposure_matched_random(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random-direction copies of position paths: same |position| and change points.
+
+    Every maximal run of bars with the same sign of position (a holding segment) gets a
+    random direction, +1 or -1 with equal probability; flat bars stay flat.
+
+    Args:
+        positions: ``[K, N]`` positions of K passes.
+        rng: the generator of the random directions.
+
+    Returns:
+        ``[K, N]`` target positions for the random passes.
+    """
+    sign = np.sign(positions)  # [K, N]
+    new_segment = np.ones_like(sign, dtype=bool)
+    new_segment[:, 1:] = sign[:, 1:] != sign[:, :-1]
+    seg_id = np.cumsum(new_segment, axis=1) - 1  # [K, N] segment number within each pass
+    flips = rng.choice(np.array([-1.0, 1.0]), size=seg_id.shape)  # one draw per possible segment
+    direction = np.take_along_axis(flips, seg_id, axis=1)
+    return np.abs(positions) * direction
+
+
+def backtest(
+    policies: Any,
+    candles: pd.DataFrame,
+    *,
+    passes: int,
+    env_config: EnvConfig,
+    seed: int = 0,
+    names: list[str] | None = None,
+    verdict_config: VerdictConfig | None = None,
+    on_policy_done: Any = None,
+) -> BacktestResult:
+    """Backtest policies across ``passes`` stochastic passes each, plus baselines, and judge.
+
+    Args:
+        policies: one policy or a list (one per training seed): MLKV policies, SB3
+            algorithms (their ``.policy`` is used) or anything with
+            ``predict(obs, deterministic=...)``. Load run directories first with
+            :func:`experiments.evaluation.runs.load_policy`.
+        candles: the test period.
+        passes: K >= 2 stochastic passes (and K random passes) per policy.
+        env_config: costs and window of the env; ``mode`` is forced to ``"test"``.
+        seed: seeds the sampled actions and the random passes; same seed, same result.
+        names: a label per policy (default ``policy-<i>``).
+        verdict_config: thresholds of the verdict.
+        on_policy_done: optional callback ``(index, name) -> None`` for progress display.
+    """
+    if int(passes) != passes or passes < 2:
+        raise ValueError(
+            f"passes must be an integer >= 2 (K passes make a dispersion), got {passes}."
+        )
+    policies = list(policies) if isinstance(policies, (list, tuple)) else [policies]
+    if not policies:
+        raise ValueError("backtest needs at least one policy.")
+    names = names or [f"policy-{i}" for i in range(len(policies))]
+    if len(names) != len(policies):
+        raise ValueError(f"got {len(names)} names for {len(policies)} policies.")
+    env_config = env_config.replace(mode="test", action="continuous")
+
+    def scheduled(actions: np.ndarray) -> PassResult:
+        return run_policy_passes(
+            ScheduledActions(actions),
+            candles,
+            env_config,
+            n_passes=actions.shape[0],
+            deterministic=True,
+            seed=seed,
+        )
+
+    probe = scheduled(np.ones((1, 1)))  # buy-and-hold: always +1
+    n_steps = probe.log_returns.shape[1]
+    buy_and_hold = probe
+    flat = scheduled(np.zeros((1, 1)))
+    rng = np.random.default_rng(seed)
+    seeds = []
+    for i, (name, policy) in enumerate(zip(names, policies, strict=True)):
+        policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
+        sto = run_policy_passes(
+            policy,
+            candles,
+            env_config,
+            n_passes=passes,
+            deterministic=False,
+            seed=seed + 7919 * (i + 1),
+        )
+        det = run_policy_passes(
+            policy, candles, env_config, n_passes=1, deterministic=True, seed=seed
+        )
+        rnd = scheduled(exposure_matched_random(sto.positions, rng))
+        seeds.append(SeedPasses(name, sto, det, rnd))
+        if on_policy_done is not None:
+            on_policy_done(i, name)
+    verdict = judge(
+        np.stack([s.stochastic.log_returns for s in seeds]),
+        np.stack([s.random.log_returns for s in seeds]),
+        buy_and_hold.log_returns[0],
+        np.stack([s.stochastic.positions for s in seeds]),
+        verdict_config,
+    )
+    price = candles["close"].to_numpy(dtype=np.float64)[-n_steps:]
+    settings = {
+        "passes": passes,
+        "seed": seed,
+        "env": env_config.to_dict(),
+        "n_bars": n_steps,
+        "policies": names,
+    }
+    return BacktestResult(seeds, buy_and_hold, flat, price, verdict, settings)
+
+
+def _band(cum: np.ndarray) -> dict[str, list[float]]:
+    q = np.quantile(cum, [0.05, 0.5, 0.95], axis=0)
+    return {"q05": _round(q[0]), "q50": _round(q[1]), "q95": _round(q[2])}
+
+
+def _round(x: np.ndarray) -> list[float]:
+    return [float(v) for v in np.round(np.asarray(x, dtype=np.float64), 7)]
+
+
+def _metrics(p: PassResult, i: int, trial_sharpes: np.ndarray | None = None) -> dict[str, float]:
+    return stats.pass_metrics(
+        p.log_returns[i],
+        p.positions[i],
+        p.costs[i],
+        timestamps=p.times,
+        trial_sharpes=trial_sharpes,
+    )
+
+
+def _mean_metrics(p: PassResult) -> dict[str, float]:
+    rows = [_metrics(p, i) for i in range(p.n_passes)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def summarise(result: BacktestResult) -> dict[str, Any]:
+    """Every number of a backtest as a JSON-ready dict: bands, pass totals, metrics, verdict."""
+    seeds = result.seeds
+    policy_cum = np.concatenate([np.cumsum(s.stochastic.log_returns, axis=1) for s in seeds])
+    random_cum = np.concatenate([np.cumsum(s.random.log_returns, axis=1) for s in seeds])
+    trial_sharpes = np.array(
+        [stats.return_moments(r)[0] for s in seeds for r in s.stochastic.log_returns]
+    )
+    rows = []
+    for s in seeds:
+        rows.append(
+            {
+                "name": f"{s.name} (deterministic)",
+                "metrics": _metrics(s.deterministic, 0, trial_sharpes),
+            }
+        )
+        rows.append(
+            {
+                "name": f"{s.name} (mean of {s.stochastic.n_passes} passes)",
+                "metrics": _mean_metrics(s.stochastic),
+            }
+        )
+        rows.append({"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random)})
+    rows.append({"name": "buy-and-hold", "metrics": _metrics(result.buy_and_hold, 0)})
+    rows.append({"name": "flat", "metrics": _metrics(result.flat, 0)})
+    seed_means = np.array([s.stochastic.log_returns.sum(axis=1).mean() for s in seeds])
+    random_totals = np.concatenate([s.random.log_returns.sum(axis=1) for s in seeds])
+    if len(seeds) > 1:
+        iqm, lo, hi = stats.iqm_ci(seed_means, rng=0)
+    else:
+        iqm, lo, hi = float(seed_means[0]), np.nan, np.nan
+    across = {
+        "iqm": iqm,
+        "iqm_ci": [float(lo), float(hi)],
+        "poi_vs_random": stats.probability_of_improvement(
+            np.concatenate([s.stochastic.log_returns.sum(axis=1) for s in seeds]), random_totals
+        ),
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": result.settings,
+        "policies": [s.name for s in seeds],
+        "verdict": result.verdict.to_dict(),
+        "series": {
+            "times": [t.isoformat() for t in result.times],
+            "price": _round(result.price),
+            "buy_and_hold": _round(np.cumsum(result.buy_and_hold.log_returns[0])),
+            "policy_band": _band(policy_cum),
+            "random_band": _band(random_cum),
+            "deterministic": [_round(np.cumsum(s.deterministic.log_returns[0])) for s in seeds],
+            "sigma": [
+                _round(np.nanmean(s.stochastic.sigma, axis=0))
+                if np.isfinite(s.stochastic.sigma).any()
+                else []
+                for s in seeds
+            ],
+        },
+        "pass_totals": {
+            "policy": [_round(s.stochastic.log_returns.sum(axis=1)) for s in seeds],
+            "random": [_round(s.random.log_returns.sum(axis=1)) for s in seeds],
+        },
+        "metrics": {"rows": rows, "across_seeds": across},
+    }
+
+
+def write_json(summary: dict[str, Any], path: str | Path) -> Path:
+    """Write ``backtest.json`` atomically (NaN/inf become null)."""
+    path = Path(path)
+    write_atomic(path, json.dumps(_finite(summary), indent=1).encode())
+    return path
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a ``backtest.json``, checking that it is one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such backtest file.")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); re-run `mlkv-trader backtest`.") from err
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an mlkv-trader backtest.json (format != {FORMAT!r}).")
+    return doc
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x

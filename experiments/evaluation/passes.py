@@ -1,0 +1,129 @@
+"""Run a policy over a test period K times in lockstep through the batched env.
+
+Two paths give identical results for the MLKV policy:
+
+* encode-once (fast): the test series is encoded once with the policy's encoder and shared
+  by all K passes; each step only runs the small heads on ``encoded[bar_index]``;
+* per-step (generic): any object with SB3's ``predict(obs, deterministic=...)``.
+
+Stochastic passes sample ``a ~ N(mean, sigma)`` (clipped to [-1, 1]) from torch's global RNG,
+seeded per call, exactly as SB3's ``predict(deterministic=False)`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from envs import EnvConfig, MarketReplayVecEnv
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """Per-bar results of K passes over the same bars. Shapes: K passes x N steps."""
+
+    times: pd.DatetimeIndex  # [N] time of the bar each step's reward is marked at
+    positions: np.ndarray  # float64 [K, N] position held over each step
+    log_returns: np.ndarray  # float64 [K, N] net log return of equity per step
+    costs: np.ndarray  # float64 [K, N] costs paid per step (fraction of equity)
+    mean: np.ndarray  # float32 [K, N] policy mean action per step (NaN for generic policies)
+    sigma: np.ndarray  # float32 [K, N] policy sigma per step (NaN for generic policies)
+
+    @property
+    def n_passes(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def run_policy_passes(
+    policy: Any,
+    candles: pd.DataFrame,
+    env_config: EnvConfig,
+    *,
+    n_passes: int,
+    deterministic: bool,
+    seed: int,
+    fast: bool = True,
+) -> PassResult:
+    """Run ``n_passes`` test-mode passes of ``policy`` over ``candles`` in lockstep.
+
+    Args:
+        policy: an MLKV policy (fast path) or anything with ``predict(obs, deterministic)``.
+        candles: the test period.
+        env_config: costs and window; ``mode`` is forced to ``"test"``.
+        n_passes: K, the number of passes (envs stepped together).
+        deterministic: act with the mean instead of sampling.
+        seed: seeds torch's RNG for the sampled actions (and the env).
+        fast: use the encode-once path when the policy supports it.
+    """
+    venv = MarketReplayVecEnv(candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed)
+    use_fast = fast and hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
+    nan = np.full((n_passes, 1), np.nan, dtype=np.float32)
+    means: list[np.ndarray] = []
+    sigmas: list[np.ndarray] = []
+    finished = np.zeros(n_passes, dtype=bool)
+    obs = venv.reset()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        encoded = policy.encode_bars(venv.features) if use_fast else None
+        while not finished.all():
+            if use_fast:
+                action, mean, sigma = _fast_actions(
+                    policy, encoded, venv.bar_index, obs, deterministic
+                )
+            else:
+                action, _ = policy.predict(obs, deterministic=deterministic)
+                mean = sigma = nan
+            obs, _, dones, _ = venv.step(np.asarray(action, dtype=np.float32).reshape(-1, 1))
+            finished |= dones
+            means.append(mean[:, 0])
+            sigmas.append(sigma[:, 0])
+    ledger = venv.ledger_arrays(completed=True)
+    valid = ledger["bar"] >= 0  # [K, N]; False only after a ruined pass ended early
+    equity_before = np.concatenate(
+        [np.full((n_passes, 1), env_config.initial_equity), ledger["equity"][:, :-1]], axis=1
+    )
+    costs = np.where(valid, ledger["costs"] / equity_before, 0.0)
+    n = valid.shape[1]
+    bars = ledger["bar"][np.argmax(valid.sum(axis=1))]  # a pass that ran to the end
+    return PassResult(
+        times=pd.DatetimeIndex(candles.index[bars]),
+        positions=np.where(valid, ledger["position"], 0.0),
+        log_returns=np.where(valid, ledger["reward"], 0.0),
+        costs=costs,
+        mean=np.where(valid, np.stack(means, axis=1)[:, :n], np.nan),
+        sigma=np.where(valid, np.stack(sigmas, axis=1)[:, :n], np.nan),
+    )
+
+
+class ScheduledActions:
+    """A "policy" that plays fixed target positions: ``actions[:, t]`` at step ``t``.
+
+    ``actions`` is ``[K, N]``; a single column ``[K, 1]`` is held at every step (flat,
+    buy-and-hold). Used for the baselines and the exposure-matched random passes, so they go
+    through exactly the same env, costs and accounting as the policy.
+    """
+
+    def __init__(self, actions: np.ndarray) -> None:
+        self.actions = np.asarray(actions, dtype=np.float32)
+        self.t = 0
+
+    def predict(self, obs: Any, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        column = min(self.t, self.actions.shape[1] - 1)
+        self.t += 1
+        return self.actions[:, column : column + 1], None
+
+
+def _fast_actions(
+    policy: Any, encoded: torch.Tensor, bar_index: np.ndarray, obs: dict, deterministic: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actions from pre-encoded bars, drawn exactly as SB3's ``predict`` draws them."""
+    account = torch.as_tensor(obs["account"], device=encoded.device)
+    rows = encoded[torch.as_tensor(bar_index, device=encoded.device)]  # [K, D]
+    mean, log_sigma, _ = policy.heads_from_encoded(rows, account)  # [K, act] each
+    distribution = policy.action_dist.proba_distribution(mean, log_sigma)
+    action = distribution.get_actions(deterministic=deterministic).clamp(-1.0, 1.0)
+    return action.cpu().numpy(), mean.cpu().numpy(), log_sigma.exp().cpu().numpy()
