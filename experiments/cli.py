@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS: tuple[str, ...] = ("data", "train", "backtest", "report", "compare")
+COMMANDS: tuple[str, ...] = ("demo", "train", "backtest", "report", "compare", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

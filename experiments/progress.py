@@ -14,7 +14,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console()  # results and notes (stdout)
+err_console = Console(stderr=True)  # progress bars (stderr)
 
 
 class TrainProgress:
@@ -33,7 +34,7 @@ class TrainProgress:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=console,
+            console=err_console,
             disable=not enabled,
             transient=False,
         )

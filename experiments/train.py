@@ -200,6 +200,12 @@ class TrainCallback(BaseCallback):
             )
             self.next_checkpoint = n + self.config.checkpoint_every
 
+    def finish(self) -> None:
+        """After the last update: check it, validate, and write a due checkpoint."""
+        self._check_finite()
+        self.next_eval = self.model.num_timesteps  # always validate the final weights
+        self._periodic()
+
     def evaluate(self) -> float:
         value = validation_return(self.model, self.validation, self.config.env)
         self.logger.record("eval/validation_log_return", value)
@@ -362,7 +368,7 @@ def train(
                 f"interrupted: checkpoint saved to {path}; resume with --resume {run_dir}"
             )
             raise
-        callback.evaluate()
+        callback.finish()
     save_training_state(agent, run_dir / "final.zip", callback.best)
     return run_dir
 
