@@ -144,7 +144,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(D, eps=config.norm_eps, bias=config.bias)
         self.mlp = nn.Sequential(
             nn.Linear(D, config.mlp_ratio * D, bias=config.bias),
-            nn.GELU(),
+            nn.GELU(approximate="tanh"),
             nn.Linear(config.mlp_ratio * D, D, bias=config.bias),
         )
         self.drop = nn.Dropout(config.dropout)
