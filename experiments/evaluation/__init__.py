@@ -19,8 +19,12 @@ from .stats import (
     probability_of_improvement_ci,
     sharpe_ratio,
 )
+from .verdict import LABELS, Verdict, VerdictConfig, judge, relabel
 
 __all__ = [
+    "LABELS",
+    "Verdict",
+    "VerdictConfig",
     "block_bootstrap_means",
     "default_block_length",
     "deflated_sharpe_ratio",
@@ -28,10 +32,12 @@ __all__ = [
     "infer_bars_per_year",
     "iqm",
     "iqm_ci",
+    "judge",
     "min_track_record_length",
     "pass_metrics",
     "probabilistic_sharpe_ratio",
     "probability_of_improvement",
     "probability_of_improvement_ci",
+    "relabel",
     "sharpe_ratio",
 ]

@@ -12,9 +12,9 @@ of consecutive bars keeps the dependence inside blocks. Two schemes:
 
 Both wrap around the end of the series (circularly), so every bar is equally likely to
 be drawn. Instead of materialising ``[n_boot, n_bars]`` index arrays, each block's sum is
-read from prefix sums of the doubled series, so the cost is ``O(n_boot * n_bars /
-block_length)`` per series, and several series (e.g. the pooled series and one per seed)
-share the same resampled blocks.
+read from prefix sums of the doubled series (one sparse matrix product for all resamples),
+so the cost is ``O(n_boot * n_bars / block_length)`` per series, and several series (e.g.
+one per seed) share the same resampled blocks.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy import sparse
 
 __all__ = ["BootstrapMethod", "block_bootstrap_means", "default_block_length"]
 
@@ -47,29 +48,28 @@ def _draw_blocks(
     method: BootstrapMethod,
     rng: np.random.Generator,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Block starts and (truncated) lengths ``[n_boot, n_blocks]`` covering n_bars each row."""
+    """Block starts and lengths ``[n_boot, n_blocks]``; each row's lengths sum to n_bars."""
     if method == "circular":
         length = max(1, round(block_length))
-        n_blocks = math.ceil(n_bars / length)
-        starts = rng.integers(0, n_bars, size=(n_boot, n_blocks))
-        lengths = np.full((n_boot, n_blocks), length, dtype=np.int64)
+        lengths = np.full((n_boot, math.ceil(n_bars / length)), length, dtype=np.int64)
+        end = np.cumsum(lengths, axis=1)
     elif method == "stationary":
         p = 1.0 / block_length
         mean_blocks = n_bars * p
         n_blocks = math.ceil(mean_blocks + 6.0 * math.sqrt(mean_blocks) + 8)
-        lengths = rng.geometric(p, size=(n_boot, n_blocks)).astype(np.int64)
-        # almost never: top up rows whose blocks do not yet cover n_bars
-        while np.any(lengths.sum(axis=1) < n_bars):
-            more = rng.geometric(p, size=(n_boot, n_blocks)).astype(np.int64)
-            lengths = np.concatenate([lengths, more], axis=1)
-        starts = rng.integers(0, n_bars, size=lengths.shape)
+        lengths = rng.geometric(p, size=(n_boot, n_blocks))
+        end = np.cumsum(lengths, axis=1)
+        while np.any(end[:, -1] < n_bars):  # almost never: top up rows that fall short
+            lengths = np.concatenate([lengths, rng.geometric(p, size=(n_boot, n_blocks))], axis=1)
+            end = np.cumsum(lengths, axis=1)
+        used = int(np.max(np.sum(end - lengths < n_bars, axis=1)))  # blocks starting in range
+        lengths, end = lengths[:, :used], end[:, :used]
     else:
         raise ValueError(f"method must be 'stationary' or 'circular'; got {method!r}.")
-    # truncate so each row covers exactly n_bars: position of each block in the resample
-    begin = np.cumsum(lengths, axis=1) - lengths
-    lengths = np.clip(n_bars - begin, 0, lengths)
-    used = int(np.max(np.count_nonzero(lengths, axis=1)))  # blocks past n_bars have length 0
-    return starts[:, :used], lengths[:, :used]
+    # truncate the block crossing n_bars; blocks after it get length 0
+    lengths = np.minimum(lengths, np.maximum(n_bars - (end - lengths), 0))
+    starts = rng.integers(0, n_bars, size=lengths.shape)
+    return starts, lengths
 
 
 def block_bootstrap_means(
@@ -113,16 +113,27 @@ def block_bootstrap_means(
     g = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     starts, lengths = _draw_blocks(n, n_boot, bl, method, g)
 
-    # Sum of a block = prefix sums of the doubled series at its end minus at its start,
-    # plus whole laps of the series for blocks longer than n_bars.
+    # Sum of a block = prefix sum of the doubled series at its end minus at its start, plus
+    # whole laps of the series for blocks longer than n_bars. A resample's sum is then a
+    # sparse (+1 at ends, -1 at starts) row times the prefix sums: one sparse product.
     total = a.sum(axis=1)  # [S]
-    prefix = np.zeros((a.shape[0], 2 * n + 1))
-    prefix[:, 1:] = np.cumsum(np.concatenate([a, a], axis=1), axis=1)  # [S, 2n + 1]
+    prefix = np.zeros((2 * n + 1, a.shape[0]))
+    prefix[1:] = np.cumsum(np.concatenate([a, a], axis=1), axis=1).T  # [2n + 1, S]
     wraps, rest = np.divmod(lengths, n)
     out = np.empty((a.shape[0], n_boot))
-    chunk = max(1, 4_000_000 // (a.shape[0] * starts.shape[1]))
+    m = starts.shape[1]
+    chunk = max(1, 2_000_000 // m)
     for b0 in range(0, n_boot, chunk):
         s, r, w = starts[b0 : b0 + chunk], rest[b0 : b0 + chunk], wraps[b0 : b0 + chunk]
-        block_sums = prefix[:, s + r] - prefix[:, s]  # [S, b, n_blocks]
-        out[:, b0 : b0 + s.shape[0]] = (block_sums.sum(axis=2) + w.sum(axis=1) * total[:, None]) / n
+        b = s.shape[0]
+        marks = sparse.csr_matrix(
+            (
+                np.tile(np.repeat([1.0, -1.0], m), b),
+                np.concatenate([s + r, s], axis=1).ravel(),
+                np.arange(0, 2 * m * b + 1, 2 * m),
+            ),
+            shape=(b, 2 * n + 1),
+        )
+        sums = (marks @ prefix).T  # [S, b]
+        out[:, b0 : b0 + b] = (sums + w.sum(axis=1) * total[:, None]) / n
     return out[0] if squeeze else out
