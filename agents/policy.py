@@ -67,13 +67,19 @@ class SegmentObs:
     window: int
     context: int | None = None
 
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(span [M], offset [M])``: each sample's span and its position inside it."""
+        span = np.repeat(np.arange(len(self.lengths)), self.lengths)
+        offset = np.arange(int(self.lengths.sum())) - np.repeat(
+            np.cumsum(self.lengths) - self.lengths, self.lengths
+        )
+        return span, offset
+
     @property
     def bars(self) -> np.ndarray:
         """``[M]`` int64: the last bar of each sample's observation window."""
-        offsets = np.arange(int(self.lengths.sum())) - np.repeat(
-            np.cumsum(self.lengths) - self.lengths, self.lengths
-        )  # [M] position of each sample inside its span
-        return np.repeat(self.starts, self.lengths) + offsets
+        span, offset = self.positions()
+        return self.starts[span] + offset
 
     def as_windows(self) -> dict[str, th.Tensor]:
         """The same samples as SB3 observations ``{"candles": [M, T, F], "account": [M, A]}``."""
@@ -342,11 +348,9 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         """
         if not isinstance(obs, SegmentObs):
             return super().evaluate_actions(obs, actions)
-        padded = self.encode_spans(obs.features, obs.starts, obs.lengths, obs.context)
-        valid = th.arange(padded.shape[1], device=padded.device)[None, :] < th.as_tensor(
-            obs.lengths, device=padded.device
-        )[:, None]  # [S, L]
-        encoded = padded[valid]  # [M, encoding_dim], span by span, oldest bar first
+        padded = self.encode_spans(obs.features, obs.starts, obs.lengths, obs.context)  # [S, L, D]
+        span, offset = (th.as_tensor(a, device=padded.device) for a in obs.positions())
+        encoded = padded[span, offset]  # [M, D], span by span, oldest bar first
         mean, log_sigma, values = self.heads_from_encoded(encoded, obs.account)
         distribution = self.action_dist.proba_distribution(mean, log_sigma)
         return values[:, None], distribution.log_prob(actions), distribution.entropy()

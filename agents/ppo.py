@@ -74,9 +74,11 @@ class MLKVPPO(PPO):
         fast_update: minibatches of contiguous time segments, one ``encode_series`` pass
             each (needs ``fast_rollout``). ``False`` keeps SB3's random minibatches and
             window encodings (windows rebuilt from the stored bars).
-        segment_len: longest time segment of a fast-update minibatch, in steps. Longer
-            segments amortise the ``receptive_field - 1`` bars of context better; shorter
-            ones mix more trajectories into each minibatch.
+        segment_len: longest time segment of a fast-update minibatch, in steps. A segment
+            of ``L`` steps encodes ``L + receptive_field - 1`` bars: longer segments amortise
+            the context better, shorter ones mix more trajectories into each minibatch
+            (``batch_size / segment_len`` segments at least). With the reference plan at
+            ``W = 16`` (receptive field 46) the default 64 costs ~1.7 tokens per sample.
         rollout_chunk: bars encoded at a time per env during rollouts.
         **kwargs: PPO's keyword arguments.
     """
@@ -93,7 +95,7 @@ class MLKVPPO(PPO):
         *args: Any,
         fast_rollout: bool = True,
         fast_update: bool = True,
-        segment_len: int = 32,
+        segment_len: int = 64,
         rollout_chunk: int = 256,
         **kwargs: Any,
     ) -> None:
