@@ -64,22 +64,33 @@ class Row:
 
 
 # ---------------------------------------------------------------- timing
-#: clock of :func:`best_time`: wall time (``perf_counter``) or this process's CPU time
+#: clock of :func:`paired_best`: wall time (``perf_counter``) or this process's CPU time
 #: (``process_time``, robust to other load on a shared machine, meaningful at 1 thread).
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 
 
-def best_time(fn: Callable[[], object], reps: int, warm: int = 1) -> float:
-    """Fastest of ``reps`` timings in seconds (the one least disturbed by other load)."""
-    for _ in range(warm):
-        fn()
-    times = []
+def paired_best(
+    ours: Callable[[], object], base: Callable[[], object], reps: int, inner: int = 3
+) -> tuple[float, float]:
+    """Best times of ``ours`` and ``base``, measured alternately in the same ``reps`` rounds.
+
+    On a shared machine the load changes from minute to minute; alternating the two (with
+    ``inner`` runs of the fast one per round) exposes both to the same conditions, so their
+    ratio stays meaningful even when the absolute figures drift.
+    """
+    ours()
+    base()
+    t_ours = t_base = float("inf")
     for _ in range(reps):
+        for _ in range(inner):
+            t0 = _clock()
+            ours()
+            t_ours = min(t_ours, _clock() - t0)
         t0 = _clock()
-        fn()
-        times.append(_clock() - t0)
-    return min(times)
+        base()
+        t_base = min(t_base, _clock() - t0)
+    return t_ours, t_base
 
 
 def cuda_time(fn: Callable[[], object], reps: int, warm: int = 3) -> float:
@@ -124,8 +135,12 @@ class GpuBaseline(nn.Module):
         return self.enc(h, mask=mask, is_causal=True)[:, -1]
 
 
-def baseline_encode_bars_per_s(T: int, d: int, layers: int, heads: int, n_bars: int, reps: int):
-    """``anchor_cpu.tf_encode``: every bar's ``T``-window recomputed, 256 windows a call."""
+def baseline_encode(T: int, d: int, layers: int, heads: int, n_bars: int) -> Callable[[], None]:
+    """``anchor_cpu.tf_encode``: every bar's ``T``-window recomputed, 256 windows a call.
+
+    Returns:
+        A function encoding ``n_bars`` bars (call it under ``torch.inference_mode()``).
+    """
     enc = anchor_encoder(d, layers, heads).eval()
     x = torch.randn(n_bars + T, d)
     mask = nn.Transformer.generate_square_subsequent_mask(T)
@@ -135,9 +150,7 @@ def baseline_encode_bars_per_s(T: int, d: int, layers: int, heads: int, n_bars: 
         for i in range(0, n_bars, 256):
             enc(wins[i : i + 256], mask=mask, is_causal=True)
 
-    with torch.inference_mode():
-        enc(wins[:64], mask=mask, is_causal=True)
-        return n_bars / best_time(run, reps, warm=0)
+    return run
 
 
 # ---------------------------------------------------------------- CPU figures
@@ -152,43 +165,29 @@ def cpu_figures(args: argparse.Namespace) -> list[Row]:
         "MLKV-1 (1 KV head), W=128": (KVSharingPlan.mlkv(layers, heads, 1, 1), 128),
         "MHA, W=32": (KVSharingPlan.mha(layers, heads), 32),
     }
-    base_cache: dict[int, float] = {}
-
-    def baseline_at(t: int) -> float:
-        if t not in base_cache:
-            base_cache[t] = baseline_encode_bars_per_s(
-                t, d, layers, heads, n_base, min(args.reps, 3)
-            )
-        return base_cache[t]
-
-    # (a) encode a whole series
+    # (a) encode a whole series, each plan paired with the baseline at T and at its rf
     x = torch.randn(n_series, n_feat)
     for label, (plan, W) in plans.items():
         torch.manual_seed(0)
         enc = MLKVEncoder(EncoderConfig(n_feat, d, plan, W)).eval()
         rf = enc.receptive_field
-        with torch.inference_mode():
-            ours = n_series / best_time(lambda enc=enc: enc.encode_series(x), args.reps)
-        rows.append(
-            Row(
-                f"(a) encode {n_series} bars",
-                f"{label} (rf {rf})",
-                ours,
-                f"TransformerEncoder T={T}",
-                baseline_at(T),
-                "bars/s",
+        for t_base_window in dict.fromkeys((T, rf)):  # T, then rf if it differs
+            run_base = baseline_encode(t_base_window, d, layers, heads, n_base)
+            with torch.inference_mode():
+                t_ours, t_base = paired_best(
+                    lambda enc=enc: enc.encode_series(x), run_base, min(args.reps, 3)
+                )
+            name = f"T={T}" if t_base_window == T else f"T=rf={rf}"
+            rows.append(
+                Row(
+                    f"(a) encode {n_series} bars",
+                    f"{label} (rf {rf})",
+                    n_series / t_ours,
+                    f"TransformerEncoder {name}",
+                    n_base / t_base,
+                    "bars/s",
+                )
             )
-        )
-        rows.append(
-            Row(
-                f"(a) encode {n_series} bars",
-                f"{label} (rf {rf})",
-                ours,
-                f"TransformerEncoder T=rf={rf}",
-                baseline_at(rf),
-                "bars/s",
-            )
-        )
 
     # (b) training forward + backward on T-bar windows
     B = args.train_batch
@@ -201,7 +200,6 @@ def cpu_figures(args: argparse.Namespace) -> list[Row]:
         base.zero_grad(set_to_none=True)
         base(inp(xb), mask=mask, is_causal=True)[:, -1].square().mean().backward()
 
-    base_wps = B / best_time(base_step, args.reps)
     for label, (plan, W) in plans.items():
         torch.manual_seed(0)
         enc = MLKVEncoder(EncoderConfig(n_feat, d, plan, W)).train()
@@ -210,13 +208,14 @@ def cpu_figures(args: argparse.Namespace) -> list[Row]:
             enc.zero_grad(set_to_none=True)
             enc(xb)[:, -1].square().mean().backward()
 
+        t_ours, t_base = paired_best(win_step, base_step, args.reps, inner=1)
         rows.append(
             Row(
                 f"(b) train fwd+bwd, T={T}, B={B}",
                 f"{label}: forward(windows)",
-                B / best_time(win_step, args.reps),
+                B / t_ours,
                 f"TransformerEncoder T={T}",
-                base_wps,
+                B / t_base,
                 "windows/s",
             )
         )
@@ -229,13 +228,14 @@ def cpu_figures(args: argparse.Namespace) -> list[Row]:
             enc.zero_grad(set_to_none=True)
             enc.encode_series(seg)[:, -S:].square().mean().backward()
 
+        t_ours, t_base = paired_best(seg_step, base_step, args.reps, inner=2)
         rows.append(
             Row(
                 f"(b) train fwd+bwd, T={T}, B={B}",
                 f"{label}: encode_series({S}-bar segments)",
-                n_seg * S / best_time(seg_step, args.reps),
+                n_seg * S / t_ours,
                 f"TransformerEncoder T={T}",
-                base_wps,
+                B / t_base,
                 "windows/s",
             )
         )
@@ -262,8 +262,8 @@ def cpu_figures(args: argparse.Namespace) -> list[Row]:
                 for _ in range(n):
                     base(win, mask=mask, is_causal=True)[:, -1]
 
-            t_ours = best_time(ours_steps, args.reps) / n_steps
-            t_base = best_time(base_steps, min(args.reps, 3)) / n_base_steps
+            t_ours, t_base = paired_best(ours_steps, base_steps, min(args.reps, 3))
+            t_ours, t_base = t_ours / n_steps, t_base / n_base_steps
         if n_env == 1:
             rows.append(
                 Row(

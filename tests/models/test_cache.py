@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,13 @@ def test_update_writes_each_row_at_its_own_slot_and_reset_restarts_rows():
     assert k[0, 0, :, 0].tolist() == [4.0, 9.0, 3.0]  # others continue at slot pos % W
     cache.reset()
     assert cache.pos.tolist() == [0, 0, 0] and k.abs().sum() == 0
+
+
+def test_reset_accepts_numpy_dones_from_a_vec_env():
+    cache = KVCache(KVSharingPlan.mqa(1, 2), batch=3, window=2, head_dim=2)
+    cache.pos += 5
+    cache.reset(np.array([True, False, True]))
+    assert cache.pos.tolist() == [0, 5, 0]
 
 
 def test_reset_rejects_a_mask_of_the_wrong_shape_or_dtype():
