@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from experiments.commands.train import add_backend_arguments
+
 _EXAMPLE = """examples:
   mlkv-trader backtest runs/ar1_ppo/*/ --passes 50
   mlkv-trader backtest runs/eurusd_ppo/20261123-101500-s0 --passes 20 --split validation
   mlkv-trader backtest RUN_DIR --data prices.csv --passes 50 --out reports/
+  mlkv-trader backtest runs/ar1_ppo/sweep-20261123-101500 --seeds 0-4 --backend local
+  mlkv-trader backtest runs/ar1_ppo/sweep-20261123-101500 --backend ray --ray-address auto
 """
 
 
@@ -22,7 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (one per training seed)")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        help="run directories (one per training seed), or sweep directories (their done seeds)",
+    )
     p.add_argument("--passes", type=int, default=50, help="stochastic passes K per run (>= 2)")
     p.add_argument(
         "--data",
@@ -48,10 +57,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="output folder (default: the run directory, or the runs' common parent)",
     )
+    p.add_argument("--no-progress", action="store_true", help="do not draw per-run progress")
+    p.add_argument(
+        "--seeds",
+        metavar="SPEC",
+        default=None,
+        help="only the runs of these training seeds: 0-9, 0,2,5 or 0-3,7",
+    )
+    add_backend_arguments(p, what="run")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """In-process by default; with --backend (or --workers), one task per run."""
+    from experiments.backends import BackendError, Resources, make_backend
     from experiments.evaluation.cli import run_backtest
+    from experiments.progress import console
+    from experiments.sweep import SweepError, expand_runs, parse_seeds, run_backtest_sweep
 
-    return run_backtest(args)
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        args.runs = expand_runs(args.runs, seeds)
+    except SweepError as err:
+        console.print(str(err), style="red", markup=False)
+        return 2
+    if not args.runs:
+        console.print("[red]no finished runs to backtest.")
+        return 2
+    if args.backend is None and args.workers is None and args.ray_address is None:
+        return run_backtest(args)
+    if args.retries < 0:
+        console.print("[red]--retries must be >= 0.")
+        return 2
+    try:
+        backend = make_backend(
+            args.backend or "local",
+            workers=args.workers,
+            address=args.ray_address,
+            resources=Resources(cpus=args.cpus_per_task),
+        )
+    except (BackendError, ValueError) as err:
+        console.print(str(err), style="red", markup=False)
+        return 2
+    try:
+        return run_backtest_sweep(args, backend)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        backend.close()
