@@ -23,6 +23,8 @@ The sign of ``x`` is the sign of ``d`` (as long as ``|target| k < 1``, which
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 
 from envs.config import EnvConfig
@@ -69,12 +71,9 @@ def rebalance(
     """
     g = 1.0 + financing_rate * abs(target)
     d = target * equity_pre - g * held
-    if d > 0.0:
-        traded = d / (g + target * trade_rate)
-    elif d < 0.0:
-        traded = d / (g - target * trade_rate)
-    else:
-        traded = 0.0
+    # x = d / (g + target k) when buying, d / (g - target k) when selling; without a branch
+    # (a random policy makes it unpredictable), and 0 when d == 0
+    traded = d / (g + math.copysign(1.0, d) * target * trade_rate)
     return traded, transaction_cost(traded, held + traded, trade_rate, financing_rate)
 
 

@@ -10,13 +10,14 @@ import pandas as pd
 from gymnasium import spaces
 
 from envs.config import EnvConfig
-from envs.costs import cost_rates
 from envs.features import FEATURE_CLIP, FEATURE_NAMES
 from envs.kernels import (
     ACCOUNT_CLIP,
     ACCOUNT_NAMES,
+    C_BAR,
     C_START,
     C_STEP,
+    C_TRUNCATED,
     L_COST,
     L_EQUITY,
     L_FILL,
@@ -28,17 +29,18 @@ from envs.kernels import (
     M_OPEN,
     N_COUNTERS,
     N_STATE,
-    RUIN_FRACTION,
     S_COST,
     S_EQUITY,
     S_POSITION,
     S_REWARD,
     MarketArrays,
+    make_params,
     reset_kernel,
     step_kernel,
 )
 
 ENV_ID = "mlkv_trader/MarketReplay-v0"
+_ONE = (1,)
 
 
 class MarketReplayEnv(gym.Env):
@@ -113,17 +115,15 @@ class MarketReplayEnv(gym.Env):
         cfg = self.config
         self._window = cfg.window
         self._discrete = cfg.action == "discrete"
-        self._trade_rate, self._financing_rate = cost_rates(cfg)
-        self._floor = RUIN_FRACTION * cfg.initial_equity
-        self._bar = np.zeros(1, dtype=np.int64)
-        self._state = np.zeros((1, N_STATE), dtype=np.float64)
+        self._params = make_params(cfg)
         self._counters = np.zeros((1, N_COUNTERS), dtype=np.int64)
+        self._state = np.zeros((1, N_STATE), dtype=np.float64)
         rows = episode_capacity(cfg, self.market) if cfg.record_ledger else 0
-        self._ledger = np.zeros((1, rows, len(LEDGER_COLUMNS)), dtype=np.float64)
+        self._ledger = np.zeros((1, rows, 1, len(LEDGER_COLUMNS)), dtype=np.float64)
         self._action = np.zeros(1, dtype=np.float64)
         self._reward = np.zeros(1, dtype=np.float32)
         self._done = np.zeros(1, dtype=bool)
-        self._truncated = np.zeros(1, dtype=bool)
+        self._obs_shapes = ((1, cfg.window, len(FEATURE_NAMES)), (1, len(ACCOUNT_NAMES)))
         self._times = self.market.times
         self._ready = False
 
@@ -141,7 +141,7 @@ class MarketReplayEnv(gym.Env):
     @property
     def bar_index(self) -> int:
         """Index into ``features`` of the last bar of the current observation."""
-        return int(self._bar[0])
+        return self._counters.item(C_BAR)
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(
@@ -157,8 +157,8 @@ class MarketReplayEnv(gym.Env):
         if options:
             raise ValueError(f"reset options are not supported, got {sorted(options)}.")
         start, end = draw_episode(self.config, self.market, self.np_random)
-        candles = np.empty((1, self._window, self.features.shape[1]), dtype=np.float32)
-        account = np.empty((1, len(ACCOUNT_NAMES)), dtype=np.float32)
+        candles = np.empty(self._obs_shapes[0], dtype=np.float32)
+        account = np.empty(self._obs_shapes[1], dtype=np.float32)
         reset_kernel(
             np.zeros(1, dtype=np.int64),
             np.array([start], dtype=np.int64),
@@ -166,11 +166,9 @@ class MarketReplayEnv(gym.Env):
             float(self.config.initial_equity),
             self.market.features,
             self.market.market,
-            self.market.clock,
-            float(self.config.max_position),
-            self._bar,
-            self._state,
+            self._params,
             self._counters,
+            self._state,
             candles,
             account,
         )
@@ -187,39 +185,41 @@ class MarketReplayEnv(gym.Env):
         """
         if not self._ready:
             raise RuntimeError("the episode is over or was never started: call reset() first.")
-        self._action[0] = self._parse_action(action)
-        candles = np.empty((1, self._window, self.features.shape[1]), dtype=np.float32)
-        account = np.empty((1, len(ACCOUNT_NAMES)), dtype=np.float32)
+        buf = self._action
+        if self._discrete:
+            buf[0] = self._parse_action(action)
+        elif type(action) is np.ndarray and action.shape == _ONE and action.dtype.kind == "f":
+            buf[0] = action[0]  # the common case, fast; NaN/inf are caught by the kernel
+        elif type(action) is float:
+            buf[0] = action
+        else:
+            buf[0] = self._parse_action(action)
+        candles = np.empty(self._obs_shapes[0], dtype=np.float32)
+        account = np.empty(self._obs_shapes[1], dtype=np.float32)
         status = step_kernel(
-            self._action,
-            self._discrete,
+            buf,
             self.market.features,
             self.market.market,
-            self.market.clock,
-            self.config.max_position,
-            self._trade_rate,
-            self._financing_rate,
-            self._floor,
-            self._bar,
-            self._state,
+            self._params,
             self._counters,
+            self._state,
             self._ledger,
-            self.config.record_ledger,
             candles,
             account,
             self._reward,
             self._done,
-            self._truncated,
         )
         if status < 0:
             raise ValueError(invalid_action_message(action, self._discrete))
-        truncated = bool(self._truncated[0])
-        terminated = bool(self._done[0]) and not truncated
-        if terminated or truncated:
+        terminated = truncated = False
+        if status:
             self._ready = False
+            truncated = bool(self._counters.item(C_TRUNCATED))
+            terminated = not truncated
         obs = {"candles": candles[0], "account": account[0]}
-        reward = float(self._state[0, S_REWARD])  # float64 (the returned float32 is for VecEnvs)
-        return obs, reward, terminated, truncated, self._info(float(self._state[0, S_COST]))
+        state = self._state
+        # the float64 reward (the kernel's float32 output is for VecEnvs)
+        return obs, state.item(S_REWARD), terminated, truncated, self._info(state.item(S_COST))
 
     def render(self) -> None:
         """No rendering (``render_mode`` is always None); see :meth:`ledger` instead."""
@@ -241,7 +241,8 @@ class MarketReplayEnv(gym.Env):
         if not self.config.record_ledger:
             raise RuntimeError("the ledger is off: build the env with record_ledger=True.")
         steps = int(self._counters[0, C_STEP])
-        return ledger_frame(self.market, int(self._counters[0, C_START]), self._ledger[0, :steps])
+        start = int(self._counters[0, C_START])
+        return ledger_frame(self.market, start, self._ledger[0, :steps, 0])
 
     # ------------------------------------------------------------------ helpers
     def _parse_action(self, action: Any) -> float:
@@ -263,11 +264,12 @@ class MarketReplayEnv(gym.Env):
         return float(arr.reshape(-1)[0])
 
     def _info(self, cost: float) -> dict[str, Any]:
+        state = self._state
         return {
-            "equity": float(self._state[0, S_EQUITY]),
-            "position": float(self._state[0, S_POSITION]),
+            "equity": state.item(S_EQUITY),
+            "position": state.item(S_POSITION),
             "cost": cost,
-            "time": self._times[self._bar[0]],
+            "time": self._times[self._counters.item(C_BAR)],
         }
 
 

@@ -17,10 +17,8 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from envs.config import EnvConfig
-from envs.costs import cost_rates
 from envs.env import (
     as_config,
-    draw_episode,
     episode_capacity,
     episode_starts,
     invalid_action_message,
@@ -29,20 +27,26 @@ from envs.env import (
 )
 from envs.kernels import (
     ACCOUNT_NAMES,
+    C_BAR,
+    C_SLOT,
     C_START,
     C_STEP,
+    C_TRUNCATED,
     LEDGER_COLUMNS,
     N_COUNTERS,
     N_STATE,
-    RUIN_FRACTION,
     S_COST,
     S_EQUITY,
     S_POSITION,
     MarketArrays,
+    make_params,
     reset_kernel,
+    restart_kernel,
     step_kernel,
     step_kernel_parallel,
 )
+
+_PER_ENV_ATTRIBUTES = frozenset({"bar_index", "equity", "position", "last_cost", "steps"})
 
 
 class MarketReplayVecEnv(VecEnv):
@@ -92,7 +96,6 @@ class MarketReplayVecEnv(VecEnv):
         self.market = (
             candles if isinstance(candles, MarketArrays) else MarketArrays.from_candles(candles)
         )
-        episode_starts(self.config, self.market)  # raises if the data are too short
         observation_space, action_space = make_spaces(self.config)
         n = int(n_envs)
         cfg = self.config
@@ -100,20 +103,18 @@ class MarketReplayVecEnv(VecEnv):
         self.parallel = bool(parallel)
         self._kernel = step_kernel_parallel if parallel else step_kernel
         self._discrete = cfg.action == "discrete"
-        self._trade_rate, self._financing_rate = cost_rates(cfg)
-        self._floor = RUIN_FRACTION * cfg.initial_equity
-        self._window = cfg.window
-        self._bar = np.zeros(n, dtype=np.int64)
+        self._params = make_params(cfg)
         self._state = np.zeros((n, N_STATE), dtype=np.float64)
         self._counters = np.zeros((n, N_COUNTERS), dtype=np.int64)
         rows = episode_capacity(cfg, self.market) if cfg.record_ledger else 0
-        self._ledger = np.zeros((n, rows, len(LEDGER_COLUMNS)), dtype=np.float64)
-        self._done_ledger = np.zeros_like(self._ledger)
-        self._done_steps = np.zeros(n, dtype=np.int64)
-        self._done_start = np.zeros(n, dtype=np.int64)
-        self._truncated = np.zeros(n, dtype=bool)
+        self._ledger = np.zeros((2, rows, n, len(LEDGER_COLUMNS)), dtype=np.float64)
+        self._done_meta = np.zeros((n, 2), dtype=np.int64)  # steps, first bar
+        self._first_start, self._last_start = episode_starts(cfg, self.market)
         self._blank_infos: list[dict[str, Any]] = [{} for _ in range(n)]
         self._ok_shapes = ((n,), (n, 1))
+        self._ok_kinds = "iu" if self._discrete else "fiu"
+        self._candles_shape = (n, cfg.window, self.market.features.shape[1])
+        self._account_shape = (n, len(ACCOUNT_NAMES))
         self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
         self._actions: np.ndarray | None = None
         self._started = False
@@ -135,7 +136,7 @@ class MarketReplayVecEnv(VecEnv):
     @property
     def bar_index(self) -> np.ndarray:
         """int64 ``[N]`` (a copy): last bar of each env's current observation."""
-        return self._bar.copy()
+        return self._counters[:, C_BAR].copy()
 
     @property
     def equity(self) -> np.ndarray:
@@ -188,43 +189,29 @@ class MarketReplayVecEnv(VecEnv):
         if not self._started:
             raise RuntimeError("call reset() before step().")
         actions = self._actions
-        if not isinstance(actions, np.ndarray):
+        if type(actions) is not np.ndarray:
             actions = np.asarray(actions)
-        if actions.shape not in self._ok_shapes or actions.dtype.kind not in "fiub":
-            raise ValueError(
-                f"actions must be an array of shape {self._ok_shapes[0]} or {self._ok_shapes[1]}"
-                f" (one per env), got shape {actions.shape} and dtype {actions.dtype}."
-            )
-        if actions.dtype.kind == "b" or (self._discrete and actions.dtype.kind == "f"):
-            raise ValueError(
-                f"discrete actions must be integers 0, 1, 2, got dtype {actions.dtype}."
-                if self._discrete
-                else f"continuous actions must be floats, got dtype {actions.dtype}."
-            )
-        targets = np.ascontiguousarray(actions, dtype=np.float64).reshape(self.num_envs)
-        candles, account = self._new_obs()
-        rewards = np.empty(self.num_envs, dtype=np.float32)
-        dones = np.empty(self.num_envs, dtype=bool)
+        kind = actions.dtype.kind
+        if actions.shape not in self._ok_shapes or kind not in self._ok_kinds:
+            self._raise_bad_actions(actions)
+        targets = actions.reshape(self.num_envs).astype(np.float64)  # a fresh float64 [N]
+        n = self.num_envs
+        candles = np.empty(self._candles_shape, dtype=np.float32)
+        account = np.empty(self._account_shape, dtype=np.float32)
+        rewards = np.empty(n, dtype=np.float32)
+        dones = np.empty(n, dtype=bool)
         status = self._kernel(
             targets,
-            self._discrete,
             self.market.features,
             self.market.market,
-            self.market.clock,
-            self.config.max_position,
-            self._trade_rate,
-            self._financing_rate,
-            self._floor,
-            self._bar,
-            self._state,
+            self._params,
             self._counters,
+            self._state,
             self._ledger,
-            self.config.record_ledger,
             candles,
             account,
             rewards,
             dones,
-            self._truncated,
         )
         if status < 0:
             i = -status - 1
@@ -239,8 +226,15 @@ class MarketReplayVecEnv(VecEnv):
         """Nothing to release."""
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """The (shared) attribute ``attr_name``, once per env in ``indices``."""
-        return [getattr(self, attr_name) for _ in self._get_indices(indices)]
+        """Attribute ``attr_name`` of each env in ``indices``, as a ``DummyVecEnv`` would give.
+
+        Per-env values (``bar_index``, ``equity``, ``position``, ``last_cost``, ``steps``) give
+        each env's own entry; everything else is shared and repeated.
+        """
+        value = getattr(self, attr_name)
+        if attr_name in _PER_ENV_ATTRIBUTES:
+            return [value[i].item() for i in self._get_indices(indices)]
+        return [value for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         """Set a (shared) attribute; all envs share one config, so ``indices`` must be all."""
@@ -249,8 +243,10 @@ class MarketReplayVecEnv(VecEnv):
     def env_method(
         self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any
     ) -> list[Any]:
-        """Call a (shared) method once per env in ``indices``."""
+        """Call a method once per env in ``indices`` (``ledger`` gets the env's index)."""
         method = getattr(self, method_name)
+        if method_name == "ledger":
+            return [method(i, *method_args, **kwargs) for i in self._get_indices(indices)]
         return [method(*method_args, **kwargs) for _ in self._get_indices(indices)]
 
     def env_is_wrapped(
@@ -273,11 +269,12 @@ class MarketReplayVecEnv(VecEnv):
         self._check_ledger()
         if not 0 <= env < self.num_envs:
             raise IndexError(f"env must be in [0, {self.num_envs}), got {env}.")
+        slot = self._counters.item(env, C_SLOT)
         if completed:
-            steps, start = int(self._done_steps[env]), int(self._done_start[env])
-            return ledger_frame(self.market, start, self._done_ledger[env, :steps])
-        steps, start = int(self._counters[env, C_STEP]), int(self._counters[env, C_START])
-        return ledger_frame(self.market, start, self._ledger[env, :steps])
+            steps, start = self._done_meta.item(env, 0), self._done_meta.item(env, 1)
+            return ledger_frame(self.market, start, self._ledger[1 - slot, :steps, env])
+        steps, start = self._counters.item(env, C_STEP), self._counters.item(env, C_START)
+        return ledger_frame(self.market, start, self._ledger[slot, :steps, env])
 
     def ledger_arrays(self, completed: bool = False) -> dict[str, np.ndarray]:
         """Every env's running (or last completed) episode as ``[N, L]`` arrays.
@@ -289,33 +286,93 @@ class MarketReplayVecEnv(VecEnv):
             (all envs in lockstep, none ruined) there is no padding.
         """
         self._check_ledger()
+        slots = self._counters[:, C_SLOT]
         if completed:
-            steps, start, rows = self._done_steps, self._done_start, self._done_ledger
+            steps, start, slots = self._done_meta[:, 0], self._done_meta[:, 1], 1 - slots
         else:
-            steps, start, rows = self._counters[:, C_STEP], self._counters[:, C_START], self._ledger
+            steps, start = self._counters[:, C_STEP], self._counters[:, C_START]
         width = int(steps.max()) if steps.size else 0
         k = np.arange(width)
         valid = k[None, :] < steps[:, None]
+        envs = np.arange(self.num_envs)[:, None]
+        rows = self._ledger[slots[:, None], k[None, :], envs]  # [N, width, 6]
         out: dict[str, np.ndarray] = {
             "bar": np.where(valid, start[:, None] + 1 + k[None, :], -1).astype(np.int64)
         }
         for j, name in enumerate(LEDGER_COLUMNS):
-            out[name] = np.where(valid, rows[:, :width, j], np.nan)
+            out[name] = np.where(valid, rows[:, :, j], np.nan)
         out["steps"] = steps.copy()
         return out
 
+    # ------------------------------------------------------------------ checkpoints
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume exactly: per-env arrays, ledgers, generator states.
+
+        Only numpy arrays (int64 / float64), so any array checkpoint format can store it.
+        """
+        rng = np.array([_pcg64_words(r) for r in self._rngs], dtype=np.int64).reshape(-1, 6)
+        return {
+            "state": self._state.copy(),
+            "counters": self._counters.copy(),
+            "ledger": self._ledger.copy(),
+            "done_meta": self._done_meta.copy(),
+            "rng": rng,
+        }
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`get_state` (from a vec env with the same candles, config and N).
+
+        Raises:
+            ValueError: an array's shape does not match this vec env.
+        """
+        targets = {
+            "state": self._state,
+            "counters": self._counters,
+            "ledger": self._ledger,
+            "done_meta": self._done_meta,
+        }
+        for name, target in targets.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"saved env state {name!r} has shape {value.shape}, this vec env needs "
+                    f"{target.shape}: build it with the same candles, config and n_envs."
+                )
+            target[...] = value
+        for i, words in enumerate(np.asarray(state["rng"], dtype=np.int64)):
+            self._rngs[i] = _pcg64_from_words(words)
+        self._started = True
+
     # ------------------------------------------------------------------ helpers
     def _new_obs(self) -> tuple[np.ndarray, np.ndarray]:
-        n = self.num_envs
-        candles = np.empty((n, self._window, self.market.features.shape[1]), dtype=np.float32)
-        account = np.empty((n, len(ACCOUNT_NAMES)), dtype=np.float32)
+        candles = np.empty(self._candles_shape, dtype=np.float32)
+        account = np.empty(self._account_shape, dtype=np.float32)
         return candles, account
+
+    def _raise_bad_actions(self, actions: np.ndarray) -> None:
+        if actions.shape not in self._ok_shapes:
+            raise ValueError(
+                f"actions must be an array of shape {self._ok_shapes[0]} or {self._ok_shapes[1]}"
+                f" (one per env), got shape {actions.shape} and dtype {actions.dtype}."
+            )
+        if self._discrete:
+            raise ValueError(
+                f"discrete actions must be integers 0, 1, 2, got dtype {actions.dtype}."
+            )
+        raise ValueError(f"continuous actions must be numbers, got dtype {actions.dtype}.")
+
+    def _draw(self, i: int) -> tuple[int, int]:
+        """Env ``i``'s next episode, as :func:`envs.env.draw_episode` draws it."""
+        if self.config.mode == "train":
+            start = int(self._rngs[i].integers(self._first_start, self._last_start + 1))
+            return start, start + self.config.episode_length
+        return self._first_start, self.market.n_bars - 1
 
     def _reset_envs(self, ids: np.ndarray, candles: np.ndarray, account: np.ndarray) -> None:
         starts = np.empty(ids.shape[0], dtype=np.int64)
         ends = np.empty(ids.shape[0], dtype=np.int64)
-        for j, i in enumerate(ids):
-            starts[j], ends[j] = draw_episode(self.config, self.market, self._rngs[i])
+        for j, i in enumerate(ids.tolist()):
+            starts[j], ends[j] = self._draw(i)
         reset_kernel(
             ids,
             starts,
@@ -323,11 +380,9 @@ class MarketReplayVecEnv(VecEnv):
             float(self.config.initial_equity),
             self.market.features,
             self.market.market,
-            self.market.clock,
-            float(self.config.max_position),
-            self._bar,
-            self._state,
+            self._params,
             self._counters,
+            self._state,
             candles,
             account,
         )
@@ -339,32 +394,80 @@ class MarketReplayVecEnv(VecEnv):
         account: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        ids = np.flatnonzero(dones)
-        for i in ids:
-            info = self._info(i, float(self._state[i, S_COST]))
-            info["terminal_observation"] = {
-                "candles": candles[i].copy(),
-                "account": account[i].copy(),
+        """Infos of the finished envs, then archive their ledgers and restart them."""
+        ids = dones.nonzero()[0]
+        starts = np.empty(ids.shape[0], dtype=np.int64)
+        ends = np.empty(ids.shape[0], dtype=np.int64)
+        counters, state, times = self._counters, self._state, self.market.times
+        final_candles, final_account = candles[ids], account[ids]  # fresh copies, [k, ...]
+        for j, i in enumerate(ids.tolist()):
+            infos[i] = {
+                "equity": state.item(i, S_EQUITY),
+                "position": state.item(i, S_POSITION),
+                "cost": state.item(i, S_COST),
+                "time": times[counters.item(i, C_BAR)],
+                "terminal_observation": {"candles": final_candles[j], "account": final_account[j]},
+                "TimeLimit.truncated": bool(counters.item(i, C_TRUNCATED)),
             }
-            info["TimeLimit.truncated"] = bool(self._truncated[i])
-            infos[i] = info
-            if self.config.record_ledger:
-                steps = self._counters[i, C_STEP]
-                self._done_ledger[i, :steps] = self._ledger[i, :steps]
-                self._done_steps[i] = steps
-                self._done_start[i] = self._counters[i, C_START]
-        self._reset_envs(ids.astype(np.int64), candles, account)
-        for i in ids:
-            self.reset_infos[i] = self._info(i, 0.0)
+            starts[j], ends[j] = self._draw(i)
+        restart_kernel(
+            ids,
+            starts,
+            ends,
+            float(self.config.initial_equity),
+            self.market.features,
+            self.market.market,
+            self._params,
+            counters,
+            self._state,
+            self._done_meta,
+            candles,
+            account,
+        )
+        equity0 = float(self.config.initial_equity)
+        for j, i in enumerate(ids.tolist()):
+            self.reset_infos[i] = {
+                "equity": equity0,
+                "position": 0.0,
+                "cost": 0.0,
+                "time": times[starts.item(j)],
+            }
 
     def _info(self, i: int, cost: float) -> dict[str, Any]:
         return {
-            "equity": float(self._state[i, S_EQUITY]),
-            "position": float(self._state[i, S_POSITION]),
+            "equity": self._state.item(i, S_EQUITY),
+            "position": self._state.item(i, S_POSITION),
             "cost": cost,
-            "time": self.market.times[self._bar[i]],
+            "time": self.market.times[self._counters.item(i, C_BAR)],
         }
 
     def _check_ledger(self) -> None:
         if not self.config.record_ledger:
             raise RuntimeError("the ledger is off: build the env with record_ledger=True.")
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _pcg64_words(rng: np.random.Generator) -> list[int]:
+    """A PCG64 generator's state as six int64 words (128-bit state and increment split)."""
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        raise ValueError(f"only PCG64 generators can be saved, got {st['bit_generator']}.")
+    words = [st["state"]["state"] >> 64, st["state"]["state"] & _MASK64]
+    words += [st["state"]["inc"] >> 64, st["state"]["inc"] & _MASK64]
+    words += [st["has_uint32"], st["uinteger"]]
+    return [int(np.uint64(w).view(np.int64)) for w in words]
+
+
+def _pcg64_from_words(words: np.ndarray) -> np.random.Generator:
+    """Inverse of :func:`_pcg64_words`."""
+    u = [int(np.int64(w).view(np.uint64)) for w in words]
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": (u[0] << 64) | u[1], "inc": (u[2] << 64) | u[3]},
+        "has_uint32": u[4],
+        "uinteger": u[5],
+    }
+    return np.random.Generator(bit_generator)

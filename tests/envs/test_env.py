@@ -16,6 +16,7 @@ from data import synthetic
 from envs import ACCOUNT_NAMES, ENV_ID, FEATURE_NAMES, EnvConfig, MarketReplayEnv, RandomPolicy
 from envs.costs import cost_rates
 from envs.features import FIRST_VALID
+from envs.kernels import M_SCALE
 
 SMALL = EnvConfig(window=16, episode_length=50)
 CONFIGS = {
@@ -102,12 +103,24 @@ def test_account_reports_position_and_pnl(gbm: pd.DataFrame) -> None:
     env = MarketReplayEnv(gbm, SMALL.replace(max_position=2.0))
     obs, _ = env.reset(seed=0)
     assert np.all(obs["account"][:4] == 0)
+    scale = env.market.market[:, M_SCALE] * 2.0  # ATR/close * max_position
     for k in range(1, 6):
         obs, _, _, _, info = env.step(np.array([0.5], np.float32))
+        account = obs["account"]
         assert info["position"] == pytest.approx(1.0, rel=0.02)  # 0.5 * max_position, drifting
-        assert obs["account"][0] == pytest.approx(info["position"] / 2.0, rel=1e-6)
-        assert obs["account"][3] == pytest.approx(k / (k + 16))  # bars held / (bars + T)
-        assert np.sign(obs["account"][1]) == np.sign(np.log(info["equity"]))  # one position
+        assert account[0] == pytest.approx(info["position"] / 2.0, rel=1e-6)
+        z = np.log(info["equity"]) / (scale[env.bar_index] * np.sqrt(k))
+        assert account[1] == pytest.approx(z, rel=1e-5)  # opened at the start: same as ...
+        assert account[2] == pytest.approx(z, rel=1e-5)  # ... the episode's equity change
+        assert account[3] == pytest.approx(k / (k + 16))  # bars held / (bars + T)
+    equity_at_flip = info["equity"]
+    for k in range(1, 4):  # flip short: the position's clock restarts at the flip's decision
+        obs, _, _, _, info = env.step(np.array([-1.0], np.float32))
+        z = np.log(info["equity"] / equity_at_flip) / (scale[env.bar_index] * np.sqrt(k))
+        assert obs["account"][1] == pytest.approx(z, rel=1e-5)
+        assert obs["account"][3] == pytest.approx(k / (k + 16))
+    obs, _, _, _, _ = env.step(np.zeros(1))
+    assert obs["account"][0] == obs["account"][1] == obs["account"][3] == 0.0
 
 
 # ---------------------------------------------------------------------- accounting

@@ -61,6 +61,7 @@ def test_vec_equals_n_single_envs_step_for_step(gbm: pd.DataFrame, action: str) 
                 np.testing.assert_array_equal(final["account"], o["account"])
                 assert infos[i]["TimeLimit.truncated"] == trunc
                 assert infos[i]["equity"] == info["equity"] and infos[i]["cost"] == info["cost"]
+                pd.testing.assert_frame_equal(vec.ledger(i, completed=True), env.ledger())
                 o, _ = env.reset()  # no seed: continues the env's generator, like the vec env
             else:
                 assert infos[i] == {}
@@ -171,3 +172,37 @@ def test_sb3_ppo_trains_on_the_vec_env(gbm: pd.DataFrame) -> None:
     assert len(model.ep_info_buffer) > 0  # episodes finished and were counted
     assert vec.get_attr("render_mode") == [None, None]
     assert vec.env_is_wrapped(VecMonitor) == [False, False]
+
+
+def test_get_attr_and_env_method_are_per_env(gbm: pd.DataFrame) -> None:
+    vec = MarketReplayVecEnv(gbm, SHORT, n_envs=3, seed=1)
+    vec.reset()
+    assert vec.get_attr("bar_index") == list(vec.bar_index)
+    assert vec.get_attr("bar_index", indices=[2]) == [vec.bar_index[2]]
+    assert vec.get_attr("features")[1] is vec.features
+    vec.step(np.ones((3, 1), np.float32))
+    ledgers = vec.env_method("ledger", indices=[0, 2])
+    assert [len(x) for x in ledgers] == [1, 1] and ledgers[1]["time"].iloc[0] == gbm.index[
+        vec.bar_index[2]
+    ]
+
+
+def test_state_round_trip_resumes_exactly(gbm: pd.DataFrame) -> None:
+    vec = MarketReplayVecEnv(gbm, SHORT, n_envs=3, seed=5)
+    vec.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(7):
+        vec.step(_actions(rng, 3, "continuous"))
+    saved = vec.get_state()
+    assert all(isinstance(v, np.ndarray) and v.dtype.kind in "if" for v in saved.values())
+    actions = [_actions(rng, 3, "continuous") for _ in range(20)]
+    first = [vec.step(a) for a in actions]  # crosses auto-resets (new random starts)
+    resumed = MarketReplayVecEnv(gbm, SHORT, n_envs=3, seed=999)
+    resumed.set_state(saved)
+    for a, (obs, rewards, dones, _) in zip(actions, first, strict=True):
+        obs2, rewards2, dones2, _ = resumed.step(a)
+        np.testing.assert_array_equal(obs["candles"], obs2["candles"])
+        np.testing.assert_array_equal(rewards, rewards2)
+        np.testing.assert_array_equal(dones, dones2)
+    with pytest.raises(ValueError, match="n_envs"):
+        MarketReplayVecEnv(gbm, SHORT, n_envs=2).set_state(saved)
