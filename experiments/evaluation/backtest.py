@@ -2,8 +2,8 @@
 
 For each policy (one per training seed) :func:`backtest` runs, over the same test bars and
 costs: K stochastic passes (sampled actions), one deterministic pass (the mean), and K
-**exposure-matched random** passes (the policy's own |position| path with the direction of
-every holding segment drawn at random: same exposure, trade count and costs, no skill); plus
+**exposure-matched random** passes (the policy's own |position| path with a random sign at
+every bar: same exposure, random direction and timing, no skill); plus
 flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
 policy encodes the test series once and shares it across its K passes. The verdict comes
 from :func:`experiments.evaluation.verdict.judge` on those arrays.
@@ -61,25 +61,20 @@ class BacktestResult:
 
 
 def exposure_matched_random(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random-direction copies of position paths: same |position| and change points.
+    """Random-direction copies of position paths: ``|p_t| * eps_t``, ``eps_t`` iid +-1.
 
-    Every maximal run of bars with the same sign of position (a holding segment) gets a
-    random direction, +1 or -1 with equal probability; flat bars stay flat.
+    Same exposure profile as the policy (and so the same scale of per-bar risk), random
+    direction and timing: the null the verdict's dispersion test was calibrated against
+    (``experiments/calibrate_verdict.py``).
 
     Args:
         positions: ``[K, N]`` positions of K passes.
-        rng: the generator of the random directions.
+        rng: the generator of the random signs.
 
     Returns:
         ``[K, N]`` target positions for the random passes.
     """
-    sign = np.sign(positions)  # [K, N]
-    new_segment = np.ones_like(sign, dtype=bool)
-    new_segment[:, 1:] = sign[:, 1:] != sign[:, :-1]
-    seg_id = np.cumsum(new_segment, axis=1) - 1  # [K, N] segment number within each pass
-    flips = rng.choice(np.array([-1.0, 1.0]), size=seg_id.shape)  # one draw per possible segment
-    direction = np.take_along_axis(flips, seg_id, axis=1)
-    return np.abs(positions) * direction
+    return np.abs(positions) * rng.choice(np.array([-1.0, 1.0]), size=positions.shape)
 
 
 def backtest(

@@ -51,15 +51,13 @@ def test_scheduled_baselines(test_candles) -> None:
 
 def test_exposure_matched_random_keeps_exposure() -> None:
     rng = np.random.default_rng(0)
-    pos = np.array([[0.5, 0.5, -0.2, -0.3, 0.0, 0.7, 0.7, 0.7]] * 200)
+    pos = np.array([[0.5, 0.5, -0.2, -0.3, 0.0, 0.7, 0.7, 0.7]] * 400)
     rnd = exposure_matched_random(pos, rng)
     np.testing.assert_allclose(np.abs(rnd), np.abs(pos))
-    # each holding segment keeps one direction
-    assert np.all(np.sign(rnd[:, 0]) == np.sign(rnd[:, 1]))
-    assert np.all(np.sign(rnd[:, 5]) == np.sign(rnd[:, 7]))
-    # directions are random: about half the passes flip the first segment
-    assert 0.35 < np.mean(rnd[:, 0] > 0) < 0.65
     assert np.all(rnd[:, 4] == 0.0)
+    # directions are random and independent across bars and passes
+    assert 0.4 < np.mean(rnd[:, 0] > 0) < 0.6
+    assert abs(np.corrcoef(np.sign(rnd[:, 0]), np.sign(rnd[:, 1]))[0, 1]) < 0.15
 
 
 def test_same_seed_same_json(test_candles) -> None:

@@ -1,0 +1,110 @@
+"""Training: run directory contents, determinism, resume == uninterrupted, NaN guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from experiments.checkpoint import CheckpointError, load_checkpoint
+from experiments.config import load_config
+from experiments.evaluation.runs import load_policy
+from experiments.train import TrainingDivergedError, train
+
+TINY = [
+    "name=tiny", "n_envs=2", "total_steps=256", "eval_every=128", "checkpoint_every=128",
+    "data.source=synthetic:ar1", "data.n_bars=1200", "data.embargo=16",
+    "env.window=16", "env.episode_length=48",
+    "model.d_model=16", "model.window=4", "model.account_hidden=8", "model.net_arch=[16]",
+    "model.plan={kind: mlkv, n_layers: 3, n_heads: 2, n_kv_heads: 1, n_kv_layers: 3}",
+    "ppo.n_steps=64", "ppo.batch_size=32", "ppo.n_epochs=2",
+]
+
+
+def tiny(*extra: str):
+    return load_config(None, [*TINY, *extra])
+
+
+def weights(run_dir: Path, name: str = "final.zip") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / name)[0]["policy"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train(tiny(), runs_root=tmp_path_factory.mktemp("runs"), show_progress=False,
+                 argv=["mlkv-trader", "train", "--config", "tiny.yaml"])
+
+
+def test_run_directory_holds_everything(run_dir: Path) -> None:
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "command.txt", "versions.json", "progress.csv", "best.zip",
+            "final.zip", "checkpoints"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert run_dir.parent.name == "tiny" and run_dir.name.endswith("-s0")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "ckpt-000000128.zip", "ckpt-000000256.zip"]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["env"]["window"] == 16 and saved["model"]["d_model"] == 16
+    assert "train --config tiny.yaml" in (run_dir / "command.txt").read_text()
+    header = (run_dir / "progress.csv").read_text().splitlines()[0]
+    for column in ("train/loss", "eval/validation_log_return", "rollout/sigma_mean"):
+        assert column in header
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
+    again = train(tiny(), runs_root=tmp_path, show_progress=False)
+    other = train(tiny("seed=1"), runs_root=tmp_path, show_progress=False)
+    a, b, c = weights(run_dir), weights(again), weights(other)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_equals_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
+    half = train(tiny("total_steps=128"), runs_root=tmp_path, show_progress=False)
+    # continue the same run to the full budget
+    cfg = yaml.safe_load((half / "config.yaml").read_text())
+    cfg["total_steps"] = 256
+    (half / "config.yaml").write_text(yaml.safe_dump(cfg))
+    resumed = train(resume=half, show_progress=False)
+    a, b = weights(run_dir), weights(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_load_policy_from_run_dir(run_dir: Path) -> None:
+    policy, config = load_policy(run_dir, prefer="final")
+    saved = weights(run_dir)
+    assert all(torch.equal(policy.state_dict()[k], saved[k]) for k in saved)
+    assert config.name == "tiny"
+
+
+def test_corrupted_checkpoint_is_clear(run_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "run"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    (broken / "best.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_policy(broken)
+    (broken / "best.zip").unlink()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_policy(broken)
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        load_policy(tmp_path)
+
+
+def test_nan_stops_training_naming_the_step(tmp_path: Path, monkeypatch) -> None:
+    from agents import MLKVPPO
+
+    original = MLKVPPO.train
+
+    def poisoned(self):
+        original(self)
+        with torch.no_grad():
+            next(self.policy.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(MLKVPPO, "train", poisoned)
+    with pytest.raises(TrainingDivergedError, match=r"non-finite weights .* step 128"):
+        train(tiny(), runs_root=tmp_path, show_progress=False)
