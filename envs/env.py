@@ -124,6 +124,16 @@ class MarketReplayEnv(gym.Env):
         self._reward = np.zeros(1, dtype=np.float32)
         self._done = np.zeros(1, dtype=bool)
         self._obs_shapes = ((1, cfg.window, len(FEATURE_NAMES)), (1, len(ACCOUNT_NAMES)))
+        self._kind = "i" if self._discrete else "f"  # dtype kind of fast-path array actions
+        self._kernel_inputs = (
+            self._action,
+            self.market.features,
+            self.market.market,
+            self._params,
+            self._counters,
+            self._state,
+            self._ledger,
+        )
         self._times = self.market.times
         self._ready = False
 
@@ -186,29 +196,16 @@ class MarketReplayEnv(gym.Env):
         if not self._ready:
             raise RuntimeError("the episode is over or was never started: call reset() first.")
         buf = self._action
-        if self._discrete:
-            buf[0] = self._parse_action(action)
-        elif type(action) is np.ndarray and action.shape == _ONE and action.dtype.kind == "f":
-            buf[0] = action[0]  # the common case, fast; NaN/inf are caught by the kernel
-        elif type(action) is float:
+        kind = type(action)
+        if kind is float and not self._discrete:
             buf[0] = action
+        elif kind is np.ndarray and action.shape == _ONE and action.dtype.kind == self._kind:
+            buf[0] = action[0]  # the common case, fast; NaN/inf and bad codes: the kernel
         else:
             buf[0] = self._parse_action(action)
         candles = np.empty(self._obs_shapes[0], dtype=np.float32)
         account = np.empty(self._obs_shapes[1], dtype=np.float32)
-        status = step_kernel(
-            buf,
-            self.market.features,
-            self.market.market,
-            self._params,
-            self._counters,
-            self._state,
-            self._ledger,
-            candles,
-            account,
-            self._reward,
-            self._done,
-        )
+        status = step_kernel(*self._kernel_inputs, candles, account, self._reward, self._done)
         if status < 0:
             raise ValueError(invalid_action_message(action, self._discrete))
         terminated = truncated = False
@@ -216,10 +213,16 @@ class MarketReplayEnv(gym.Env):
             self._ready = False
             truncated = bool(self._counters.item(C_TRUNCATED))
             terminated = not truncated
-        obs = {"candles": candles[0], "account": account[0]}
         state = self._state
+        info = {
+            "equity": state.item(S_EQUITY),
+            "position": state.item(S_POSITION),
+            "cost": state.item(S_COST),
+            "time": self._times[self._counters.item(C_BAR)],
+        }
         # the float64 reward (the kernel's float32 output is for VecEnvs)
-        return obs, state.item(S_REWARD), terminated, truncated, self._info(state.item(S_COST))
+        obs = {"candles": candles[0], "account": account[0]}
+        return obs, state.item(S_REWARD), terminated, truncated, info
 
     def render(self) -> None:
         """No rendering (``render_mode`` is always None); see :meth:`ledger` instead."""
