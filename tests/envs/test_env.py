@@ -305,3 +305,13 @@ def test_bad_config_and_candles_raise(gbm: pd.DataFrame) -> None:
     bad.iloc[10, bad.columns.get_loc("high")] = 0.5
     with pytest.raises(ValueError, match="high"):
         MarketReplayEnv(bad, SMALL)
+
+
+def test_ledger_can_be_switched_off(gbm: pd.DataFrame, rollout) -> None:
+    config = SMALL.replace(record_ledger=False)
+    on = rollout(MarketReplayEnv(gbm, SMALL), _random_policy(SMALL), seed=1)
+    env = MarketReplayEnv(gbm, config)
+    off = rollout(env, _random_policy(config), seed=1)
+    np.testing.assert_array_equal(on[1], off[1])  # same episode, same rewards
+    with pytest.raises(RuntimeError, match="record_ledger"):
+        env.ledger()

@@ -206,3 +206,12 @@ def test_state_round_trip_resumes_exactly(gbm: pd.DataFrame) -> None:
         np.testing.assert_array_equal(dones, dones2)
     with pytest.raises(ValueError, match="n_envs"):
         MarketReplayVecEnv(gbm, SHORT, n_envs=2).set_state(saved)
+
+
+def test_vec_without_ledger_still_steps(gbm: pd.DataFrame) -> None:
+    vec = MarketReplayVecEnv(gbm, SHORT.replace(record_ledger=False), n_envs=2, seed=0)
+    vec.reset()
+    for _ in range(20):  # through auto-resets
+        vec.step(np.ones((2, 1), np.float32))
+    with pytest.raises(RuntimeError, match="record_ledger"):
+        vec.ledger_arrays()
