@@ -67,6 +67,8 @@ class ModelConfig:
     """Width of the MLP over the account features."""
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden layers of the actor and critic heads."""
+    log_std_init: float = 0.0
+    """Initial log-sigma of the actor (0: sigma 1)."""
     log_std_min: float = -5.0
     """Lower clamp of the state-dependent log-sigma."""
     log_std_max: float = 1.0
@@ -75,8 +77,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.window < 1:
             raise ValueError("d_model and window must be >= 1")
-        if not self.log_std_min < self.log_std_max:
-            raise ValueError("log_std_min must be < log_std_max")
+        if not self.log_std_min < self.log_std_init < self.log_std_max:
+            raise ValueError("need log_std_min < log_std_init < log_std_max")
         if "kind" not in self.plan:
             raise ValueError("plan needs a 'kind' (mha, gqa, mqa, cla or mlkv)")
 
@@ -157,6 +159,9 @@ class TrainConfig:
     """Env steps between checkpoints (0: only at the end)."""
     device: str = "cpu"
     """Torch device: cpu, cuda or auto."""
+    threads: int = 1
+    """CPU threads for torch and numba (0: leave the defaults). One is fastest for the small
+    models here on a few cores, and a fixed count keeps results bit-identical."""
     data: DataConfig = field(default_factory=DataConfig)
     """Data section."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -171,6 +176,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.n_envs < 1:
             raise ValueError("total_steps and n_envs must be >= 1")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
 

@@ -27,6 +27,7 @@ from stable_baselines3.common.utils import set_random_seed
 from agents import MLKVPPO, MLKVActorCriticPolicy, MLKVExtractor
 from data import Split, chronological_split, datasets, load_candles, synthetic
 from envs import EnvConfig, MarketReplayVecEnv
+from experiments.backends import limit_threads
 from experiments.checkpoint import load_checkpoint, save_checkpoint, to_numpy
 from experiments.config import (
     SYNTHETIC_PREFIX,
@@ -72,6 +73,7 @@ def policy_kwargs(model: ModelConfig) -> dict[str, Any]:
         "account_hidden": (model.account_hidden,),
         "net_arch": list(model.net_arch),
         "log_std_range": (model.log_std_min, model.log_std_max),
+        "log_std_init": model.log_std_init,
     }
 
 
@@ -338,6 +340,8 @@ def train(
         run_dir = new_run_dir(runs_root, config.name, config.seed)
     write_metadata(run_dir, config_to_yaml(config), argv)
 
+    if config.threads:
+        limit_threads(config.threads)
     set_random_seed(config.seed)
     split = load_split(config.data)
     venv = make_venv(split.train, config)
