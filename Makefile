@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/mlkv-trader data info eurusd_h1
+	$(VENV)/bin/mlkv-trader demo
 
 test: install
 	$(PY) -m pytest -q

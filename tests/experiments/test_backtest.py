@@ -77,3 +77,18 @@ def test_bad_inputs(test_candles) -> None:
         backtest([make_policy()], test_candles, passes=2, env_config=ENV, names=["a", "b"])
     with pytest.raises(ValueError):
         backtest(make_policy(), test_candles.iloc[:20], passes=2, env_config=ENV)
+
+
+def test_compare_prints_iqm_and_probability_of_improvement(tmp_path, capsys) -> None:
+    from experiments.cli import main
+
+    for name, shift in (("a", 0.5), ("b", 0.0)):
+        doc = {"format": "mlkv-trader-backtest",
+               "pass_totals": {"policy": [[shift + i * 0.01, shift] for i in range(4)]}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "P(A > B) = 1.000" in out and "IQM" in out
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an mlkv-trader backtest"):
+        main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
