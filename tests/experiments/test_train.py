@@ -108,3 +108,10 @@ def test_nan_stops_training_naming_the_step(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(MLKVPPO, "train", poisoned)
     with pytest.raises(TrainingDivergedError, match=r"non-finite weights .* step 128"):
         train(tiny(), runs_root=tmp_path, show_progress=False)
+
+
+def test_sac_trains_through_the_same_loop(tmp_path: Path) -> None:
+    run = train(tiny("algo=sac", "sac.learning_starts=64", "sac.batch_size=32",
+                     "sac.buffer_size=1000"), runs_root=tmp_path, show_progress=False)
+    assert (run / "final.zip").is_file() and (run / "best.zip").is_file()
+    assert "train/actor_loss" in (run / "progress.csv").read_text().splitlines()[0]
