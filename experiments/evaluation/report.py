@@ -137,9 +137,10 @@ def _verdict_html(v: dict[str, Any]) -> str:
             f"<td>{p}</td><td>{check['threshold']:.3g}</td><td>{ok}</td>"
             f"<td class='l'>{html.escape(check['description'])}</td></tr>"
         )
+    headline = v["explanation"].split("\n")[0]  # the checks follow in the table
     return (
         f"<p><span class='label {html.escape(v['label'])}'>{html.escape(v['label'])}</span>"
-        f"</p><p>{html.escape(v['explanation'].split(chr(10))[0])}</p><table><tr><th class='l'>check</th>"
+        f"</p><p>{html.escape(headline)}</p><table><tr><th class='l'>check</th>"
         "<th>statistic</th><th>p-value</th><th>threshold</th><th>result</th>"
         "<th class='l'>what was measured</th></tr>" + "".join(rows) + "</table>"
         f"<p>Dispersion ratio rho = {_fmt(v['rho'])}, seeds supporting: "
