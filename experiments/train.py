@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,45 +81,27 @@ def build_agent(config: TrainConfig, venv: MarketReplayVecEnv) -> BaseAlgorithm:
     """The SB3 algorithm named by ``config.algo`` with the MLKV policy, seeded by the config."""
     kwargs = policy_kwargs(config.model)
     if config.algo == "ppo":
-        p = config.ppo
         return MLKVPPO(
             MLKVActorCriticPolicy,
             venv,
-            learning_rate=p.learning_rate,
-            n_steps=p.n_steps,
-            batch_size=p.batch_size,
-            n_epochs=p.n_epochs,
-            gamma=p.gamma,
-            gae_lambda=p.gae_lambda,
-            clip_range=p.clip_range,
-            ent_coef=p.ent_coef,
-            vf_coef=p.vf_coef,
-            max_grad_norm=p.max_grad_norm,
-            target_kl=p.target_kl,
+            **asdict(config.ppo),
             policy_kwargs=kwargs,
             seed=config.seed,
             device=config.device,
             verbose=0,
-        )
-    s = config.sac
+        )  # PPOConfig's fields are SB3's argument names
+    sac = asdict(config.sac)
+    if not sac["ent_coef"].startswith("auto"):
+        sac["ent_coef"] = float(sac["ent_coef"])
     sac_kwargs = {
         "features_extractor_class": MLKVExtractor,
         "features_extractor_kwargs": {k: kwargs[k] for k in ("encoder", "account_hidden")},
         "net_arch": kwargs["net_arch"],
     }
-    ent = s.ent_coef if s.ent_coef == "auto" or s.ent_coef.startswith("auto") else float(s.ent_coef)
     return SAC(
         "MultiInputPolicy",
         venv,
-        learning_rate=s.learning_rate,
-        buffer_size=s.buffer_size,
-        learning_starts=s.learning_starts,
-        batch_size=s.batch_size,
-        tau=s.tau,
-        gamma=s.gamma,
-        train_freq=s.train_freq,
-        gradient_steps=s.gradient_steps,
-        ent_coef=ent,
+        **sac,
         policy_kwargs=sac_kwargs,
         seed=config.seed,
         device=config.device,
