@@ -20,13 +20,22 @@ savings. Every plan has the same width, depth and query heads (9 layers, 8 query
   once and scores the same bars (all but the first ``max receptive field - 1``) for every
   plan.
 
+A second table puts a sparse **product-key memory** (``models.ProductKeyMemory``) in
+place of the MLP of the middle layer (4 of 9) of the reference MLKV-3 plan, sized to the
+same *active* parameters per token as the MLP it replaces (:data:`PKM`: 2 heads x 32 slots
+read from 64^2 = 4,096, ~8.4k active vs 8.4k), and reports parameters, active parameters
+and FLOPs per token, parameter and KV-cache memory, the validation loss and how evenly the
+value slots are read on the validation part.
+
 Usage::
 
     python -m experiments.kv_sharing_ablation                 # defaults: a few minutes
     python -m experiments.kv_sharing_ablation --steps 600 --seeds 5 --write-docs
+    python -m experiments.kv_sharing_ablation --variants memory --write-docs  # PKM table only
 
-``--write-docs`` replaces the block between the ablation markers in ``docs/mlkv.md`` and
-writes the plot to ``docs/mlkv_ablation.png``.
+``--write-docs`` replaces the block between the ablation markers in ``docs/mlkv.md`` (when
+every KV-sharing plan ran) and writes the plot to ``docs/mlkv_ablation.png``, and the block
+between the memory-ablation markers (when the reference and its PKM variant ran).
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ from torch import nn
 from data.datasets import load
 from data.splits import chronological_split
 from data.synthetic import ar1
-from models import EncoderConfig, KVSharingPlan, MLKVEncoder, cache_bytes
+from models import EncoderConfig, KVSharingPlan, MLKVEncoder, PKMConfig, cache_bytes
 
 N_LAYERS, N_HEADS = 9, 8
 
@@ -59,9 +68,23 @@ PLANS: dict[str, KVSharingPlan] = {
     "MLKV-1 (GQA-2)": KVSharingPlan.mlkv(N_LAYERS, N_HEADS, 2, 1),
 }
 
+#: product-key memory of the memory variant: 64^2 = 4,096 slots, 2 heads x 32 slots read.
+#: At d_model 32 its active parameters per token (query 2,112 + LayerNorm 128 + sub-keys
+#: 4,096 + values read 2,048 = 8,384) equal the replaced MLP's (8,352).
+PKM = PKMConfig(n_keys=64, k=32, heads=2, k_dim=32)
+REFERENCE = "MLKV-3 (reference)"
+MEMORY_LABEL = "MLKV-3 + PKM (layer 4)"
+
+#: label -> (plan, memory layers): the KV-sharing plans, then the memory variant
+VARIANTS: dict[str, tuple[KVSharingPlan, tuple[int, ...]]] = {
+    **{label: (plan, ()) for label, plan in PLANS.items()},
+    MEMORY_LABEL: (KVSharingPlan.reference(), (N_LAYERS // 2,)),
+}
+
 FEATURES = ("ret", "high", "low", "body", "dlogvol")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+MEM_BEGIN, MEM_END = "<!-- memory-ablation:begin -->", "<!-- memory-ablation:end -->"
 
 
 # ---------------------------------------------------------------- data
@@ -145,12 +168,58 @@ class Predictor(nn.Module):
         return self.head(self.encoder.encode_series(x))[..., 0]
 
 
-def train_one(plan: KVSharingPlan, parts: Parts, seed: int, args: argparse.Namespace) -> dict:
+def flops_per_token(encoder: MLKVEncoder) -> int:
+    """Encoder FLOPs (2 x multiply-adds) per token with a sliding window of ``W`` keys.
+
+    Counts the input projection, Q/K/V/output projections (K/V at owner layers only),
+    ``q.k`` and ``p.v`` over the ``W`` keys of the window, the MLPs and the memories'
+    :attr:`~models.ProductKeyMemory.flops_per_token`; not norms, softmax or activations.
+    (The block kernel evaluates ``2W`` keys per query, half of them masked.)
+    """
+    cfg = encoder.config
+    D, W, plan = cfg.d_model, cfg.window, cfg.plan
+    flops = 2 * cfg.n_features * D
+    for i, block in enumerate(encoder.blocks):
+        flops += 2 * D * D + 2 * D * D  # query and output projections
+        if plan.kv_source[i] == i:
+            flops += 2 * D * 2 * plan.n_kv_heads * cfg.head_dim  # K/V projection
+        flops += 2 * 2 * plan.n_heads * cfg.head_dim * W  # scores and weighted values
+        if block.memory is None:
+            flops += 2 * 2 * D * cfg.mlp_ratio * D
+        else:
+            flops += block.memory.flops_per_token
+    return flops
+
+
+def active_params(encoder: MLKVEncoder) -> int:
+    """Parameters one token uses: all, less the value rows of the memories it does not read."""
+    total = sum(p.numel() for p in encoder.parameters())
+    for mem in encoder.memories.values():
+        total -= sum(p.numel() for p in mem.parameters()) - mem.active_params
+    return total
+
+
+def train_one(label: str, parts: Parts, seed: int, args: argparse.Namespace) -> dict:
     """Train one predictor; return its validation loss and bookkeeping."""
+    plan, memory_layers = VARIANTS[label]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    cfg = EncoderConfig(len(FEATURES), args.d_model, plan, args.window, dropout=0.0)
+    cfg = EncoderConfig(
+        len(FEATURES),
+        args.d_model,
+        plan,
+        args.window,
+        dropout=0.0,
+        memory_layers=memory_layers,
+        memory=PKM if memory_layers else None,
+    )
     model = Predictor(cfg)
+    share_init = None
+    if memory_layers:  # usage on the validation part before any training
+        model.eval()
+        with torch.inference_mode():
+            model(parts.x_val[None])
+        share_init = next(iter(model.encoder.memory_usage(reset=True).values())).slot_share
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
     ctx = model.encoder.receptive_field - 1 if args.context is None else args.context
@@ -171,20 +240,36 @@ def train_one(plan: KVSharingPlan, parts: Parts, seed: int, args: argparse.Names
         sched.step()
     train_s = time.perf_counter() - t0
     model.eval()
+    model.encoder.reset_memory_usage()  # usage on the validation part only
     with torch.inference_mode():
         skip = args.max_rf - 1  # same scored bars for every plan
         pred = model(parts.x_val[None])[0, skip:]
         y = parts.y_val[skip:]
         rel = float((pred - y).square().mean() / y.square().mean())
+    usage = list(model.encoder.memory_usage().values())
     return {
         "val_rel_mse": rel,
         "train_s": train_s,
         "params": sum(p.numel() for p in model.encoder.parameters()),
+        "active_params": active_params(model.encoder),
+        "flops_per_token": flops_per_token(model.encoder),
         "receptive_field": model.encoder.receptive_field,
+        "slot_share_init": share_init,
+        "slot_share": usage[0].slot_share if usage else None,
+        "read_entropy_ratio": usage[0].read_entropy_ratio if usage else None,
     }
 
 
 # ---------------------------------------------------------------- report
+def loss_cells(results: list[dict], label: str, markets: list[str]) -> list[str]:
+    """``mean +- sd`` of the validation loss over seeds, one cell per market."""
+    cells = []
+    for m in markets:
+        v = np.array([r["val_rel_mse"] for r in results if r["plan"] == label and r["market"] == m])
+        cells.append(f"{v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
+    return cells
+
+
 def markdown(results: list[dict], args: argparse.Namespace, markets: list[str]) -> str:
     head_dim = args.d_model // N_HEADS
     ctx = "receptive field - 1" if args.context is None else args.context
@@ -204,19 +289,66 @@ def markdown(results: list[dict], args: argparse.Namespace, markets: list[str]) 
     mha_bytes = cache_bytes(PLANS["MHA"], head_dim, 1, 1, torch.float32)
     for label, plan in PLANS.items():
         rows = [r for r in results if r["plan"] == label]
+        if not rows:
+            continue
         b = cache_bytes(plan, head_dim, 1, 1, torch.float32)
-        cells = []
-        for m in markets:
-            v = np.array([r["val_rel_mse"] for r in rows if r["market"] == m])
-            cells.append(f"{v.mean():.4f} +- {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
+        cells = loss_cells(results, label, markets)
         lines.append(
             f"| {label} | {plan.total_kv_heads} | {plan.n_kv_layers} | {rows[0]['params']:,} | "
             f"{b:,} | {b / mha_bytes:.3f} | {rows[0]['receptive_field']} | "
             + " | ".join(cells)
             + " |"
         )
-    total = sum(r["train_s"] for r in results)
+    total = sum(r["train_s"] for r in results if r["plan"] in PLANS)
     lines += ["", f"Total training time: {total:.0f} s."]
+    return "\n".join(lines)
+
+
+def memory_markdown(results: list[dict], args: argparse.Namespace, markets: list[str]) -> str:
+    """The reference plan vs the same plan with a product-key memory in the middle layer."""
+    head_dim = args.d_model // N_HEADS
+    lines = [
+        f"Settings as above (d_model {args.d_model}, window {args.window}, {args.steps} steps, "
+        f"{len(args.seed_list)} seeds, {args.threads} CPU thread(s)). Memory: layer "
+        f"{VARIANTS[MEMORY_LABEL][1][0]}'s MLP replaced by `PKMConfig(n_keys={PKM.n_keys}, "
+        f"k={PKM.k}, heads={PKM.heads}, k_dim={PKM.k_dim})` ({PKM.n_slots:,} value slots). "
+        "Active params = parameters one token uses (all sub-keys, only the value rows it "
+        "reads); FLOPs = 2 x multiply-adds of the encoder per token (window of W keys; norms, "
+        "softmax, top-k not counted). Slot share (at init -> after training) and read entropy "
+        "(over log(slots), 1 = even; after training) are measured on each market's validation "
+        "part, mean over seeds.",
+        "",
+        "| variant | params | active params / token | FLOPs / token | param memory (fp32) | "
+        "KV cache bytes/token | value slots | slot share | read entropy ratio | train s/run | "
+        + " | ".join(f"val loss {m}" for m in markets)
+        + " |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(markets),
+    ]
+    for label in (REFERENCE, MEMORY_LABEL):
+        rows = [r for r in results if r["plan"] == label]
+        plan, layers = VARIANTS[label]
+        if layers:
+            share, ratio = [], []
+            for m in markets:
+                rm = [r for r in rows if r["market"] == m]
+                before, after = (
+                    np.mean([r[f] for r in rm]) for f in ("slot_share_init", "slot_share")
+                )
+                share.append(f"{m} {before:.3f} -> {after:.3f}")
+                ratio.append(f"{m} {np.mean([r['read_entropy_ratio'] for r in rm]):.3f}")
+            share, ratio = "<br>".join(share), "<br>".join(ratio)
+            slots = f"{PKM.n_slots:,}"
+        else:
+            share = ratio = slots = "-"
+        r0 = rows[0]
+        lines.append(
+            f"| {label} | {r0['params']:,} | {r0['active_params']:,} | "
+            f"{r0['flops_per_token']:,} | {r0['params'] * 4 / 1024:,.0f} KiB | "
+            f"{cache_bytes(plan, head_dim, 1, 1, torch.float32):,} | {slots} | {share} | "
+            f"{ratio} | {np.mean([r['train_s'] for r in rows]):.1f} | "
+            + " | ".join(loss_cells(results, label, markets))
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -255,14 +387,15 @@ def plot(results: list[dict], args: argparse.Namespace, markets: list[str], path
     plt.close(fig)
 
 
-def write_docs(text: str) -> None:
+def write_docs(text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the block between ``begin`` and ``end`` in ``docs/mlkv.md`` with ``text``."""
     doc = DOCS / "mlkv.md"
-    body = doc.read_text() if doc.exists() else f"# MLKV\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in body or END not in body:
-        body += f"\n{BEGIN}\n{END}\n"
-    pre, rest = body.split(BEGIN, 1)
-    _, post = rest.split(END, 1)
-    doc.write_text(f"{pre}{BEGIN}\n{text}\n{END}{post}")
+    body = doc.read_text() if doc.exists() else f"# MLKV\n\n{begin}\n{end}\n"
+    if begin not in body or end not in body:
+        body += f"\n{begin}\n{end}\n"
+    pre, rest = body.split(begin, 1)
+    _, post = rest.split(end, 1)
+    doc.write_text(f"{pre}{begin}\n{text}\n{end}{post}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,6 +405,12 @@ def main(argv: list[str] | None = None) -> None:
         epilog="example: python -m experiments.kv_sharing_ablation --steps 300 --write-docs",
     )
     p.add_argument("--markets", default="ar1,eurusd", help="comma list of ar1, eurusd")
+    p.add_argument(
+        "--variants",
+        default="all",
+        help="all, kv (the KV-sharing plans), memory (reference and reference + PKM), or a "
+        f"comma list of labels: {', '.join(VARIANTS)}",
+    )
     p.add_argument("--phi", type=float, default=0.3, help="AR(1) coefficient of the ar1 market")
     p.add_argument("--seeds", type=int, default=3, help="seeds per plan and market")
     p.add_argument("--steps", type=int, default=80, help="optimiser steps per run")
@@ -289,27 +428,40 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     markets = [m.strip() for m in args.markets.split(",") if m.strip()]
+    groups = {"all": list(VARIANTS), "kv": list(PLANS), "memory": [REFERENCE, MEMORY_LABEL]}
+    labels = groups.get(args.variants) or [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in labels if v not in VARIANTS]
+    if unknown:
+        p.error(
+            f"--variants: unknown {unknown}; use all, kv, memory or labels from {list(VARIANTS)}"
+        )
     args.seed_list = list(range(args.seeds))
     args.max_rf = max(p_.n_kv_layers for p_ in PLANS.values()) * (args.window - 1) + 1
     results = []
     for m in markets:
         parts = split_market(market(m, args.phi))
-        for label, plan in PLANS.items():
+        for label in labels:
             for seed in args.seed_list:
-                r = train_one(plan, parts, seed, args)
+                r = train_one(label, parts, seed, args)
                 results.append({"market": m, "plan": label, "seed": seed, **r})
                 print(
-                    f"{m:7s} {label:20s} seed {seed}: val loss {r['val_rel_mse']:.4f} "
+                    f"{m:7s} {label:24s} seed {seed}: val loss {r['val_rel_mse']:.4f} "
                     f"({r['train_s']:.1f} s)",
                     flush=True,
                 )
-    text = markdown(results, args, markets)
-    print("\n" + text)
+    all_kv = all(label in labels for label in PLANS)
+    has_memory = REFERENCE in labels and MEMORY_LABEL in labels
+    text = markdown(results, args, markets) if any(label in PLANS for label in labels) else ""
+    mem_text = memory_markdown(results, args, markets) if has_memory else ""
+    print("\n" + text + "\n\n" + mem_text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if args.write_docs:
-        plot(results, args, markets, DOCS / "mlkv_ablation.png")
-        write_docs(text + "\n\n![KV-cache bytes vs validation loss](mlkv_ablation.png)")
+        if all_kv:
+            plot(results, args, markets, DOCS / "mlkv_ablation.png")
+            write_docs(text + "\n\n![KV-cache bytes vs validation loss](mlkv_ablation.png)")
+        if has_memory:
+            write_docs(mem_text, MEM_BEGIN, MEM_END)
 
 
 if __name__ == "__main__":

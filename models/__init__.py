@@ -5,11 +5,25 @@ Depends on torch only.
 * :class:`KVSharingPlan` -- which layer's K/V every layer uses (MHA, GQA, MQA, CLA, MLKV);
 * :class:`EncoderConfig`, :class:`MLKVEncoder` -- the candle encoder, runnable on windows
   (``forward``), whole series (``encode_series``) or streamed bars (``step``);
-* :class:`KVCache`, :func:`cache_bytes` -- the streaming cache and its memory formula.
+* :class:`KVCache`, :func:`cache_bytes` -- the streaming cache and its memory formula;
+* :class:`PKMConfig`, :class:`ProductKeyMemory`, :class:`MemoryUsage`,
+  :func:`product_key_topk` -- the sparse product-key memory that replaces the MLP of the
+  layers in ``EncoderConfig.memory_layers``, and its value-table usage statistics.
 """
 
 from .cache import KVCache, cache_bytes
 from .encoder import EncoderConfig, MLKVEncoder
+from .memory import MemoryUsage, PKMConfig, ProductKeyMemory, product_key_topk
 from .plan import KVSharingPlan
 
-__all__ = ["EncoderConfig", "KVCache", "KVSharingPlan", "MLKVEncoder", "cache_bytes"]
+__all__ = [
+    "EncoderConfig",
+    "KVCache",
+    "KVSharingPlan",
+    "MLKVEncoder",
+    "MemoryUsage",
+    "PKMConfig",
+    "ProductKeyMemory",
+    "cache_bytes",
+    "product_key_topk",
+]

@@ -16,6 +16,10 @@ The same weights run three ways, equal up to float rounding:
 
 For ``T >= receptive_field`` the last row of ``forward(x[t-T+1 : t+1])`` equals
 ``encode_series(x)[t]`` and the ``t``-th ``step`` output.
+
+``EncoderConfig(memory_layers=(i, ...), memory=PKMConfig(...))`` replaces the MLP of the
+chosen layers with a :class:`~models.memory.ProductKeyMemory`. The memory is per token, so
+the receptive field and the equality of the three modes are unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from torch import nn
 
 from .attention import SharedKVAttention, band_mask
 from .cache import KVCache
+from .memory import MemoryUsage, PKMConfig, ProductKeyMemory
 from .plan import KVSharingPlan
 from .rotary import rotary_tables
 
@@ -64,6 +69,8 @@ class EncoderConfig:
     chunk: int = 2048  # default queries per attention call of encode_series (>= 1)
     autocast_bf16: bool = False  # run under torch.autocast(bfloat16): the CUDA fast path
     compile: str | None = None  # torch.compile mode for all three modes; None = eager
+    memory_layers: tuple[int, ...] = ()  # layers whose MLP is a product-key memory; () = none
+    memory: PKMConfig | None = None  # the memory layers' config (a dict goes through from_dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.plan, dict):
@@ -97,6 +104,44 @@ class EncoderConfig:
                 f"EncoderConfig.compile must be None or one of {COMPILE_MODES}, "
                 f"got {self.compile!r}."
             )
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """Normalise ``memory_layers`` to a sorted tuple and ``memory`` to a :class:`PKMConfig`."""
+        layers = self.memory_layers
+        if isinstance(layers, int | str) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in layers
+        ):
+            raise ValueError(
+                f"EncoderConfig.memory_layers must be a sequence of layer indices, e.g. (4,), "
+                f"got {layers!r}."
+            )
+        L = self.plan.n_layers
+        bad = [i for i in layers if not 0 <= i < L]
+        if bad:
+            raise ValueError(
+                f"EncoderConfig.memory_layers = {tuple(layers)}: layer index {bad[0]} is out of "
+                f"range; the plan has {L} layers (0 .. {L - 1})."
+            )
+        if len(set(layers)) != len(layers):
+            raise ValueError(
+                f"EncoderConfig.memory_layers = {tuple(layers)} repeats a layer; list each once."
+            )
+        object.__setattr__(self, "memory_layers", tuple(sorted(layers)))
+        memory = self.memory
+        if isinstance(memory, dict):
+            try:
+                memory = PKMConfig.from_dict(memory)
+            except ValueError as err:
+                raise ValueError(f"EncoderConfig.memory: {err}") from err
+        if memory is None and layers:
+            memory = PKMConfig()
+        if memory is not None and not isinstance(memory, PKMConfig):
+            raise ValueError(
+                f"EncoderConfig.memory must be a PKMConfig, a dict of its fields or None, "
+                f"got {memory!r}."
+            )
+        object.__setattr__(self, "memory", memory)
 
     @property
     def n_layers(self) -> int:
@@ -114,19 +159,33 @@ class EncoderConfig:
         return self.plan.n_kv_layers * (self.window - 1) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (YAML/JSON friendly); :meth:`from_dict` inverts it."""
+        """Plain dict (YAML/JSON friendly); :meth:`from_dict` inverts it.
+
+        Without memory layers (and no ``memory`` config) the dict has no memory keys, as
+        before memory layers existed.
+        """
         out = dataclasses.asdict(self)
         out["plan"] = self.plan.to_dict()
+        if not self.memory_layers and self.memory is None:
+            del out["memory_layers"], out["memory"]
+        else:
+            out["memory_layers"] = list(self.memory_layers)
+            out["memory"] = None if self.memory is None else self.memory.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> EncoderConfig:
-        """Build from a dict such as the one :meth:`to_dict` writes (``plan`` may be a dict)."""
+        """Build from a dict such as the one :meth:`to_dict` writes (``plan`` and ``memory``
+        may be dicts, ``memory_layers`` a list)."""
         return cls(**spec)
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``."""
+    """Pre-norm transformer block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``.
+
+    In a memory layer (``layer in config.memory_layers``) the MLP is replaced by a
+    :class:`ProductKeyMemory`: ``mlp`` is ``None`` and ``memory`` holds it (else ``None``).
+    """
 
     def __init__(self, config: EncoderConfig, layer: int) -> None:
         super().__init__()
@@ -142,22 +201,41 @@ class Block(nn.Module):
             dropout=config.dropout,
         )
         self.norm2 = nn.LayerNorm(D, eps=config.norm_eps, bias=config.bias)
-        self.mlp = nn.Sequential(
-            nn.Linear(D, config.mlp_ratio * D, bias=config.bias),
-            nn.GELU(approximate="tanh"),
-            nn.Linear(config.mlp_ratio * D, D, bias=config.bias),
-        )
+        self.mlp: nn.Sequential | None = None
+        self.memory: ProductKeyMemory | None = None
+        if layer in config.memory_layers:
+            self.memory = ProductKeyMemory.from_config(
+                D, config.memory, bias=config.bias, norm_eps=config.norm_eps
+            )
+        else:
+            self.mlp = nn.Sequential(
+                nn.Linear(D, config.mlp_ratio * D, bias=config.bias),
+                nn.GELU(approximate="tanh"),
+                nn.Linear(config.mlp_ratio * D, D, bias=config.bias),
+            )
         self.drop = nn.Dropout(config.dropout)
 
-    def series(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
-        """``[B, N, D] -> [B, N, D]``; ``attn_args`` as in :meth:`SharedKVAttention.series`."""
+    def series(self, h: torch.Tensor, *attn_args: Any, n_valid: int | None = None) -> torch.Tensor:
+        """``[B, N, D] -> [B, N, D]``; ``attn_args`` as in :meth:`SharedKVAttention.series`.
+
+        ``n_valid``: tokens before the padding; a memory reads (and counts) only those, the
+        padded tokens get no memory update (they never reach a real token).
+        """
         h = h + self.drop(self.attn.series(self.norm1(h), *attn_args))
-        return h + self.drop(self.mlp(self.norm2(h)))
+        if self.memory is None:
+            return h + self.drop(self.mlp(self.norm2(h)))
+        N = h.shape[1]
+        n = N if n_valid is None else n_valid
+        y = self.memory(self.norm2(h[:, :n]))  # [B, n, D]
+        if n < N:
+            y = nn.functional.pad(y, (0, 0, 0, N - n))  # [B, N, D]
+        return h + self.drop(y)
 
     def step(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
         """``[B, D] -> [B, D]``; ``attn_args`` as in :meth:`SharedKVAttention.step`."""
         h = h + self.attn.step(self.norm1(h), *attn_args)
-        return h + self.mlp(self.norm2(h))
+        ffn = self.mlp if self.memory is None else self.memory
+        return h + ffn(self.norm2(h))
 
 
 class MLKVEncoder(nn.Module):
@@ -184,9 +262,15 @@ class MLKVEncoder(nn.Module):
             o: max(i for i, s in enumerate(plan.kv_source) if s == o) for o in plan.owners
         }
         self.apply(self._init_weights)
+        resid_std = 0.02 / math.sqrt(2 * plan.n_layers)
         for block in self.blocks:  # GPT-2 scaled init of the residual projections
-            for lin in (block.attn.out_proj, block.mlp[2]):
-                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * plan.n_layers))
+            nn.init.normal_(block.attn.out_proj.weight, std=resid_std)
+            if block.memory is None:
+                nn.init.normal_(block.mlp[2].weight, std=resid_std)
+            elif block.memory.out_proj is not None:
+                nn.init.normal_(block.memory.out_proj.weight, std=resid_std)
+            else:  # the values are the residual output: small, like a residual projection
+                nn.init.normal_(block.memory.values.weight, std=resid_std)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -209,6 +293,28 @@ class MLKVEncoder(nn.Module):
     def window(self) -> int:
         """Attention window ``W``."""
         return self.config.window
+
+    @property
+    def memories(self) -> dict[int, ProductKeyMemory]:
+        """The product-key memories by layer index (empty without memory layers)."""
+        return {i: b.memory for i, b in enumerate(self.blocks) if b.memory is not None}
+
+    def memory_usage(self, reset: bool = False) -> dict[int, MemoryUsage]:
+        """Value-table usage of every memory layer since its last reset, by layer index.
+
+        Every ``forward``/``encode_series``/``step`` counts the slots its tokens read
+        (padding excluded). Log it once per epoch or rollout and reset:
+        :class:`agents.memory_callback.MemoryUsageCallback` does so for SB3.
+
+        Args:
+            reset: zero the counters after reading them.
+        """
+        return {i: m.memory_usage(reset=reset) for i, m in self.memories.items()}
+
+    def reset_memory_usage(self) -> None:
+        """Zero the read counters of every memory layer."""
+        for m in self.memories.values():
+            m.reset_usage()
 
     # ------------------------------------------------------------------ public modes
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -334,7 +440,7 @@ class MLKVEncoder(nn.Module):
             band = band_mask(W, G, device=x.device)  # [G*W, 2W]
             kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
             for i, block in enumerate(self.blocks):
-                h = block.series(h, cos, sin, kv, W, band, chunk_blocks)  # [B, nb*W, D]
+                h = block.series(h, cos, sin, kv, W, band, chunk_blocks, n_valid=N)  # [B, nb*W, D]
                 src = cfg.plan.kv_source[i]
                 if self._last_use[src] == i:
                     del kv[src]
@@ -373,4 +479,7 @@ class MLKVEncoder(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return f"plan={self.config.plan}, window={self.window}, rf={self.receptive_field}"
+        out = f"plan={self.config.plan}, window={self.window}, rf={self.receptive_field}"
+        if self.config.memory_layers:
+            out += f", memory_layers={self.config.memory_layers}"
+        return out

@@ -16,7 +16,12 @@ Figures:
     context, counted as windows) vs the baseline;
 (c) streaming ``step``: latency at batch 1 and env-steps/s at batch 1024 vs the baseline
     recomputing the window;
-(d) KV-cache bytes per environment, MHA vs the reference MLKV plan (1/12 by formula).
+(d) KV-cache bytes per environment, MHA vs the reference MLKV plan (1/12 by formula);
+(e) a product-key memory layer (``models.ProductKeyMemory``, n_keys = 512: 262,144 value
+    slots) vs a dense MLP with the same *active* parameters per token, d 128: tokens/s for
+    inference and for training forward + backward (dense and sparse value gradients), and
+    peak memory of each (CPU: peak RSS of a fresh child process above its RSS before the
+    call; CUDA: ``torch.cuda.max_memory_allocated``).
 
 On CUDA (when a GPU is present) the same figures run with the ``anchor_gpu.py`` sizes
 (d 128, 4 layers, 8 heads, 16 features) in fp32 and bf16 autocast at batch 4096.
@@ -26,22 +31,34 @@ Usage::
     python -m experiments.bench.encoder_bench             # CPU (2 threads), CUDA if present
     python -m experiments.bench.encoder_bench --quick     # smaller, for a smoke run
     python -m experiments.bench.encoder_bench --json out.json
+    python -m experiments.bench.encoder_bench --figures pkm --threads 1 --clock cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from models import EncoderConfig, KVSharingPlan, MLKVEncoder, cache_bytes
+from models import (
+    EncoderConfig,
+    KVSharingPlan,
+    MLKVEncoder,
+    PKMConfig,
+    ProductKeyMemory,
+    cache_bytes,
+)
 
 
 @dataclass
@@ -307,6 +324,121 @@ def cpu_figures(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------- PKM figures
+#: the memory of figure (e): 512^2 = 262,144 slots; at d 128 each token scores 2 x 2 x 512
+#: sub-keys of 32 dims and reads 2 x 32 value rows: ~90k active parameters
+PKM_BENCH = PKMConfig(n_keys=512, k=32, heads=2, k_dim=64)
+PKM_D = 128
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_pkm(d: int, sparse_grad: bool = False, device: str = "cpu") -> ProductKeyMemory:
+    """The memory of figure (e)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(PKM_BENCH, sparse_grad=sparse_grad)
+    with torch.device(device):
+        return ProductKeyMemory.from_config(d, cfg)
+
+
+def make_mlp(d: int) -> nn.Sequential:
+    """A GELU MLP whose parameters equal the active parameters of :func:`make_pkm`'s memory."""
+    active = make_pkm(d, device="meta").active_params  # no table allocated
+    hidden = round((active - d) / (2 * d + 1))  # 2 d h + h + d parameters
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+
+
+def pkm_call(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    """``infer``: forward under inference_mode; ``train``: forward + backward."""
+
+    def infer() -> None:
+        with torch.inference_mode():
+            module(x)
+
+    def train() -> None:
+        module.zero_grad(set_to_none=True)
+        module(x).square().mean().backward()
+
+    return infer if mode == "infer" else train
+
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith(field + ":"))
+    return int(line.split()[1]) * 1024  # kB
+
+
+def peak_rss_child(kind: str, mode: str, sparse_grad: bool, tokens: int, threads: int) -> None:
+    """Run in a fresh process: print the peak RSS (bytes) one call adds above the RSS before it.
+
+    Linux keeps the peak RSS (``VmHWM``); writing ``5`` to ``/proc/self/clear_refs`` resets
+    it to the current RSS just before the call. A fresh process, because in a warm one the
+    allocator serves the call from memory freed earlier and the RSS does not move.
+    """
+    torch.set_num_threads(threads)
+    module = make_pkm(PKM_D, sparse_grad) if kind == "pkm" else make_mlp(PKM_D)
+    x = torch.randn(tokens, PKM_D)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _proc_status_bytes("VmRSS")
+    pkm_call(module, x, mode)()
+    print(json.dumps({"peak": _proc_status_bytes("VmHWM") - before}))
+
+
+def cpu_peak_bytes(kind: str, mode: str, sparse_grad: bool, tokens: int, threads: int) -> int:
+    """:func:`peak_rss_child` in a fresh interpreter (Linux only)."""
+    code = (
+        "from experiments.bench.encoder_bench import peak_rss_child; "
+        f"peak_rss_child({kind!r}, {mode!r}, {sparse_grad}, {tokens}, {threads})"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+
+def pkm_figures(args: argparse.Namespace, device: str) -> list[Row]:
+    """(e) PKM layer vs a dense MLP of the same active parameters, on ``device``."""
+    d, n = PKM_D, args.pkm_tokens if device == "cpu" else args.pkm_tokens_cuda
+    rows: list[Row] = []
+    x = torch.randn(n, d, device=device)
+    for mode, sparse_grad in (("infer", False), ("train", False), ("train", True)):
+        mem, mlp = make_pkm(d, sparse_grad).to(device), make_mlp(d).to(device)
+        active = mem.active_params
+        mlp_params = sum(p.numel() for p in mlp.parameters())
+        total = sum(p.numel() for p in mem.parameters())
+        grad = {"infer": "", "train": " dense grad" if not sparse_grad else " sparse grad"}[mode]
+        what = "inference fwd" if mode == "infer" else f"train fwd+bwd,{grad}"
+        ours = f"PKM {PKM_BENCH.n_slots:,} slots ({total / 1e6:.1f}M params, {active:,} active)"
+        base = f"MLP {d}-{mlp[0].out_features}-{d} ({mlp_params:,} params)"
+        f_mem, f_mlp = pkm_call(mem, x, mode), pkm_call(mlp, x, mode)
+        if device == "cpu":
+            t_mem, t_mlp = paired_best(f_mem, f_mlp, args.reps, inner=1)
+            m_mem = cpu_peak_bytes("pkm", mode, sparse_grad, n, torch.get_num_threads())
+            m_mlp = cpu_peak_bytes("mlp", mode, sparse_grad, n, torch.get_num_threads())
+        else:
+            t_mem, t_mlp = cuda_time(f_mem, 20), cuda_time(f_mlp, 20)
+            m_mem, m_mlp = cuda_peak_bytes(f_mem), cuda_peak_bytes(f_mlp)
+        tag = "" if device == "cpu" else "GPU "
+        fig = f"(e) {tag}{what}, {n:,} tokens, d {d}"
+        rows.append(Row(fig, ours, n / t_mem, base, n / t_mlp, "tokens/s"))
+        rows.append(
+            Row(fig + ", peak memory", ours, m_mem, base, m_mlp, "bytes", higher_is_better=False)
+        )
+    return rows
+
+
+def cuda_peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak CUDA memory one call allocates above what was allocated before it."""
+    fn()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
 # ---------------------------------------------------------------- CUDA figures
 def cuda_figures(args: argparse.Namespace) -> list[Row]:
     """``anchor_gpu.py`` sizes: d 128, 4 layers, 8 heads, 16 features, B = 4096."""
@@ -413,6 +545,11 @@ def machine() -> str:
     )
 
 
+def ratio(x: float) -> str:
+    """``336.2`` -> ``336.2``, ``0.0371`` -> ``0.037``: small ratios keep two digits."""
+    return f"{x:,.1f}" if x >= 1 else f"{x:.2g}"
+
+
 def table(rows: list[Row]) -> str:
     out = [
         "| figure | ours | value | baseline | value | unit | ratio (ours / baseline) |",
@@ -422,7 +559,7 @@ def table(rows: list[Row]) -> str:
         note = "" if r.higher_is_better else " (smaller is better; baseline/ours)"
         out.append(
             f"| {r.figure} | {r.ours} | {r.ours_value:,.4g} | {r.baseline} | "
-            f"{r.baseline_value:,.4g} | {r.unit} | **{r.ratio:,.1f}x**{note} |"
+            f"{r.baseline_value:,.4g} | {r.unit} | **{ratio(r.ratio)}x**{note} |"
         )
     return "\n".join(out)
 
@@ -452,23 +589,39 @@ def main(argv: list[str] | None = None) -> None:
         "--threads 1)",
     )
     p.add_argument("--compile", default=None, help="torch.compile mode for the CUDA run")
+    p.add_argument(
+        "--figures",
+        choices=("all", "encoder", "pkm"),
+        default="all",
+        help="encoder figures (a)-(d), the product-key memory figure (e), or all",
+    )
+    p.add_argument("--pkm-tokens", type=int, default=4096, help="tokens per call in (e), CPU")
+    p.add_argument(
+        "--pkm-tokens-cuda", type=int, default=65536, help="tokens per call in (e), CUDA"
+    )
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.quick:
         args.n_bars, args.baseline_bars, args.train_batch = 1024, 256, 32
-        args.step_batch, args.reps = 64, 2
+        args.step_batch, args.reps, args.pkm_tokens = 64, 2, 512
     torch.set_num_threads(args.threads)
     global _clock
     _clock = CLOCK[args.clock]
     print(f"machine: {machine()}")
     rows: list[Row] = []
+    encoder, pkm = args.figures in ("all", "encoder"), args.figures in ("all", "pkm")
     if args.device in ("cpu", "all"):
-        rows += cpu_figures(args)
-        print("\nCPU\n" + table(rows))
+        cpu_rows = (cpu_figures(args) if encoder else []) + (
+            pkm_figures(args, "cpu") if pkm else []
+        )
+        print("\nCPU\n" + table(cpu_rows))
+        rows += cpu_rows
     if args.device in ("cuda", "all"):
         if torch.cuda.is_available():
-            gpu_rows = cuda_figures(args)
+            gpu_rows = (cuda_figures(args) if encoder else []) + (
+                pkm_figures(args, "cuda") if pkm else []
+            )
             print("\nCUDA\n" + table(gpu_rows))
             rows += gpu_rows
         else:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import KVSharingPlan
+from models import KVSharingPlan, PKMConfig
 
 pytestmark = pytest.mark.cuda
 
 ATOL = 1e-4
+#: a product-key memory in the middle layer of the reference plan (kwargs of make_encoder)
+MEMORY = {"memory_layers": (4,), "memory": PKMConfig(n_keys=16, k=4, heads=2, k_dim=16)}
 
 
 def _stream(enc, x):
@@ -22,10 +24,17 @@ def _stream(enc, x):
     return torch.stack([enc.step(x[:, t], cache).clone() for t in range(x.shape[1])], dim=1)
 
 
-@pytest.mark.parametrize("plan", [KVSharingPlan.mha(3, 4), KVSharingPlan.reference()])
+@pytest.mark.parametrize(
+    ("plan", "memory"),
+    [
+        (KVSharingPlan.mha(3, 4), {}),
+        (KVSharingPlan.reference(), {}),
+        (KVSharingPlan.reference(), MEMORY),
+    ],
+)
 @torch.inference_mode()
-def test_cuda_matches_cpu_in_all_three_modes(make_encoder, plan):
-    enc = make_encoder(plan, window=8, d_model=64)
+def test_cuda_matches_cpu_in_all_three_modes(make_encoder, plan, memory):
+    enc = make_encoder(plan, window=8, d_model=64, **memory)
     x = torch.randn(3, 100, 5)
     ref = enc.encode_series(x)
     gpu = enc.to("cuda")
@@ -48,8 +57,11 @@ def test_cuda_bf16_autocast_is_close_to_fp32(make_encoder):
     assert (_stream(bf, x) - a).abs().max() < 0.15
 
 
-def test_cuda_bf16_training_step_has_finite_gradients(make_encoder):
-    enc = make_encoder(KVSharingPlan.reference(), window=16, d_model=64, autocast_bf16=True)
+@pytest.mark.parametrize("memory", [{}, MEMORY])
+def test_cuda_bf16_training_step_has_finite_gradients(make_encoder, memory):
+    enc = make_encoder(
+        KVSharingPlan.reference(), window=16, d_model=64, autocast_bf16=True, **memory
+    )
     enc = enc.cuda().train()
     x = torch.randn(64, 46, 5, device="cuda")
     enc(x)[:, -1].square().mean().backward()

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
 
 import pytest
 import torch
+import yaml
 
-from models import EncoderConfig, KVSharingPlan, MLKVEncoder
+from models import EncoderConfig, KVSharingPlan, MLKVEncoder, PKMConfig
 
 
-def naive_encode(enc: MLKVEncoder, x: torch.Tensor) -> torch.Tensor:
+def naive_encode(enc: MLKVEncoder, x: torch.Tensor, memory_ref=None) -> torch.Tensor:
     """Reference: the encoder's weights run bar by bar, head by head, with explicit loops.
 
     Rotary positions are written with complex numbers (pair ``j`` is ``(x[j], x[j+Dh/2])``,
@@ -20,6 +22,8 @@ def naive_encode(enc: MLKVEncoder, x: torch.Tensor) -> torch.Tensor:
 
     Args:
         x: ``[N, F]`` one series.
+        memory_ref: ``(memory, x [N, D]) -> (out [N, D], ...)``, the reference for memory
+            layers (the conftest's ``brute_force_memory``).
 
     Returns:
         ``[N, D]``.
@@ -56,7 +60,10 @@ def naive_encode(enc: MLKVEncoder, x: torch.Tensor) -> torch.Tensor:
                 scores = k[lo : t + 1, g] @ q[t, head] / math.sqrt(Dh)
                 out[t, head] = torch.softmax(scores, 0) @ v[lo : t + 1, g]
         h = h + attn.out_proj(out.reshape(N, H * Dh))
-        h = h + block.mlp(block.norm2(h))
+        if block.memory is None:
+            h = h + block.mlp(block.norm2(h))
+        else:
+            h = h + memory_ref(block.memory, block.norm2(h))[0]
     return enc.norm(h)
 
 
@@ -82,6 +89,34 @@ def test_matches_the_naive_reference(make_encoder, plan, window):
 
 
 @pytest.mark.parametrize(
+    ("plan", "layers", "memory"),
+    [
+        (KVSharingPlan.reference(), (4,), PKMConfig(n_keys=8, k=3, heads=2, k_dim=8)),
+        (KVSharingPlan.mha(2, 2), (0, 1), PKMConfig(n_keys=5, k=5, heads=1, k_dim=4)),
+        (KVSharingPlan.gqa(3, 4, 2), (1,), PKMConfig(n_keys=6, k=2, heads=3, value_dim=9)),
+    ],
+)
+@torch.inference_mode()
+def test_memory_layers_match_the_naive_reference(
+    make_encoder, brute_force_memory, plan, layers, memory
+):
+    enc = make_encoder(plan, 3, memory_layers=layers, memory=memory).double()
+    x = torch.randn(13, 5, dtype=torch.float64)
+    expected = naive_encode(enc, x, brute_force_memory)
+    torch.testing.assert_close(enc.encode_series(x), expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(enc(x[None])[0], expected, atol=1e-10, rtol=0)
+    cache = enc.new_cache(1)
+    steps = torch.cat([enc.step(x[t : t + 1], cache) for t in range(13)])
+    torch.testing.assert_close(steps, expected, atol=1e-10, rtol=0)
+
+    # and the comparison can fail: a reference that reads one slot fewer is caught
+    def fewer(mem, h):
+        return brute_force_memory(mem, h, k=mem.config.k - 1)
+
+    assert (naive_encode(enc, x, fewer) - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"d_model": 30}, "d_model = 30 must be divisible by plan.n_heads = 4"),
@@ -97,6 +132,20 @@ def test_matches_the_naive_reference(make_encoder, plan, window):
         ({"compile": "fast"}, "EncoderConfig.compile"),
         ({"plan": "mlkv"}, "EncoderConfig.plan"),
         ({"plan": {"kind": "mlkv", "n_layers": 2}}, "missing"),
+        (
+            {"memory_layers": (2,)},
+            r"memory_layers = \(2,\): layer index 2 is out of range; "
+            r"the plan has 2 layers \(0 .. 1\)",
+        ),
+        ({"memory_layers": (-1,)}, "layer index -1 is out of range"),
+        ({"memory_layers": (1, 1)}, r"repeats a layer"),
+        ({"memory_layers": 1}, "memory_layers must be a sequence of layer indices"),
+        (
+            {"memory_layers": (0,), "memory": {"n_keys": 4, "k": 8}},
+            r"EncoderConfig.memory: PKMConfig.k = 8 must be <= n_keys = 4",
+        ),
+        ({"memory": {"slots": 4}}, r"EncoderConfig.memory: PKMConfig: unknown field"),
+        ({"memory": "pkm"}, "EncoderConfig.memory must be a PKMConfig"),
     ],
 )
 def test_config_validation_names_the_field(kwargs, field):
@@ -110,6 +159,44 @@ def test_config_accepts_a_plan_dict_and_round_trips():
     assert cfg.plan == KVSharingPlan.reference()
     assert cfg.receptive_field == 3 * 15 + 1
     assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_config_with_memory_round_trips_through_json_and_yaml():
+    memory = {"n_keys": 16, "k": 4, "heads": 2, "value_dim": 24}
+    cfg = EncoderConfig(5, 32, {"kind": "reference"}, 4, memory_layers=[6, 2], memory=memory)
+    assert cfg.memory_layers == (2, 6) and cfg.memory == PKMConfig(**memory)
+    spec = cfg.to_dict()
+    assert spec["memory_layers"] == [2, 6] and spec["memory"]["value_dim"] == 24
+    assert EncoderConfig.from_dict(json.loads(json.dumps(spec))) == cfg
+    assert EncoderConfig.from_dict(yaml.safe_load(yaml.safe_dump(spec))) == cfg
+    # memory layers without a memory config take the defaults
+    assert (
+        EncoderConfig(5, 32, KVSharingPlan.mha(2, 4), 4, memory_layers=(1,)).memory == PKMConfig()
+    )
+
+
+def test_config_without_memory_keeps_its_old_dict():
+    cfg = EncoderConfig(5, 32, KVSharingPlan.reference(), 4)
+    old_keys = {
+        "n_features",
+        "d_model",
+        "plan",
+        "window",
+        "mlp_ratio",
+        "dropout",
+        "rope_base",
+        "bias",
+        "norm_eps",
+        "chunk",
+        "autocast_bf16",
+        "compile",
+    }
+    assert set(cfg.to_dict()) == old_keys
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.memory_layers == () and cfg.memory is None
+    enc = MLKVEncoder(cfg)
+    assert enc.memories == {} and enc.memory_usage() == {}
+    assert all(b.memory is None and b.mlp is not None for b in enc.blocks)
 
 
 def _kv_params(d: int, plan: KVSharingPlan) -> int:
@@ -145,9 +232,31 @@ def test_parameter_count_drops_by_the_missing_kv_projections(plan):
     assert sum(p.numel() for p in full.parameters()) - expected == extra
 
 
+def test_memory_layer_swaps_the_mlp_for_the_memory_parameters():
+    d, f, plan = 32, 6, KVSharingPlan.reference()
+    memory = PKMConfig(n_keys=16, k=4, heads=2, k_dim=8)
+    dense = MLKVEncoder(EncoderConfig(f, d, plan, window=3))
+    sparse = MLKVEncoder(EncoderConfig(f, d, plan, window=3, memory_layers=(4,), memory=memory))
+    mlp = (d * 4 * d + 4 * d) + (4 * d * d + d)
+    pkm = (d * 16 + 16) + 2 * 16 + 2 * 16 * 8 + 16**2 * d  # query, LayerNorm, sub-keys, values
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(sparse) == count(dense) - mlp + pkm
+    assert sparse.blocks[4].mlp is None and sparse.blocks[4].memory is not None
+    assert set(sparse.memories) == {4}
+    assert sparse.memories[4].active_params == pkm - 16**2 * d + 2 * 4 * d
+    assert "memory_layers=(4,)" in repr(sparse)
+
+
 @pytest.mark.parametrize("mode", ["forward", "encode_series", "encode_series_batched"])
-def test_gradients_reach_every_parameter(make_encoder, mode):
-    enc = make_encoder(KVSharingPlan.reference(), window=3, dropout=0.1).train()
+@pytest.mark.parametrize("memory_layers", [(), (1, 4)])
+def test_gradients_reach_every_parameter(make_encoder, mode, memory_layers):
+    enc = make_encoder(
+        KVSharingPlan.reference(),
+        window=3,
+        dropout=0.1,
+        memory_layers=memory_layers,
+        memory=PKMConfig(n_keys=8, k=4, heads=2, k_dim=8),
+    ).train()
     x = torch.randn(2, 20, 5, requires_grad=True)
     if mode == "forward":
         y = enc(x)
@@ -161,6 +270,27 @@ def test_gradients_reach_every_parameter(make_encoder, mode):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@torch.inference_mode()
+def test_memory_usage_counts_the_reads_of_every_mode_without_padding(make_encoder):
+    memory = PKMConfig(n_keys=8, k=3, heads=2, k_dim=8)
+    enc = make_encoder(KVSharingPlan.reference(), 4, memory_layers=(0, 5), memory=memory)
+    per_token = 2 * 3
+    enc.encode_series(torch.randn(2, 11, 5))  # 11 bars: padded to 12 inside, 11 counted
+    assert {i: u.reads for i, u in enc.memory_usage().items()} == {
+        0: 22 * per_token,
+        5: 22 * per_token,
+    }
+    enc.reset_memory_usage()
+    enc(torch.randn(3, 7, 5))
+    assert enc.memory_usage(reset=True)[5].reads == 21 * per_token
+    assert enc.memory_usage()[5].reads == 0
+    cache = enc.new_cache(4)
+    for _ in range(2):
+        enc.step(torch.randn(4, 5), cache)
+    usage = enc.memory_usage()[0]
+    assert usage.reads == 8 * per_token and 0 < usage.slot_share <= 8 * per_token / 64
 
 
 def test_dropout_is_active_in_training_only(make_encoder):
@@ -219,11 +349,13 @@ def test_encoder_deep_copies_and_pickles_without_its_compiled_functions():
             torch.testing.assert_close(other._series(x, 64), enc._series(x, 64), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("memory_layers", [(), (4,)])
 @torch.inference_mode()
-def test_bf16_autocast_runs_on_cpu_close_to_fp32(make_encoder):
+def test_bf16_autocast_runs_on_cpu_close_to_fp32(make_encoder, memory_layers):
     plan = KVSharingPlan.reference()
-    enc32 = make_encoder(plan, window=4)
-    enc16 = make_encoder(plan, window=4, autocast_bf16=True)
+    mem = {"memory_layers": memory_layers, "memory": PKMConfig(n_keys=8, k=3, heads=2, k_dim=8)}
+    enc32 = make_encoder(plan, window=4, **mem)
+    enc16 = make_encoder(plan, window=4, autocast_bf16=True, **mem)
     x = torch.randn(2, 30, 5)
     ref = enc32.encode_series(x)
     out = enc16.encode_series(x)

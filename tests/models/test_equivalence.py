@@ -2,7 +2,8 @@
 
 ``forward`` on windows, ``encode_series`` on the whole series and ``step`` with a KV cache
 must give the same output for a bar (fp32, max abs diff <= 1e-4) whenever the window is at
-least ``receptive_field`` bars; one bar fewer must change it.
+least ``receptive_field`` bars; one bar fewer must change it. The same holds with
+product-key memory layers in place of some MLPs (the memory is per token).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models import KVSharingPlan, MLKVEncoder
+from models import KVSharingPlan, MLKVEncoder, PKMConfig
 
 ATOL = 1e-4
 F = 5
@@ -25,6 +26,22 @@ PLANS = {
     "mlkv1": KVSharingPlan.mlkv(4, 4, 2, 1),
     "reference": KVSharingPlan.reference(),
 }
+
+#: small product-key memory (64 slots) for the memory-layer cases
+MEMORY = PKMConfig(n_keys=8, k=3, heads=2, k_dim=8)
+
+#: label -> (plan, memory layers): a memory in the middle, at owners and sharers, everywhere
+MEMORY_CASES = {
+    "reference+pkm4": ("reference", (4,)),
+    "mha+pkm0,2": ("mha", (0, 2)),
+    "cla2+pkm1,2": ("cla2", (1, 2)),
+    "mlkv1+pkm-all": ("mlkv1", (0, 1, 2, 3)),
+}
+
+
+def memory_encoder(make_encoder, case: str, window: int, **cfg) -> MLKVEncoder:
+    name, layers = MEMORY_CASES[case]
+    return make_encoder(PLANS[name], window, memory_layers=layers, memory=MEMORY, **cfg)
 
 
 def last_rows_of_windows(enc: MLKVEncoder, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -70,6 +87,44 @@ def test_three_modes_agree_for_every_plan(make_encoder, name, window):
     torch.testing.assert_close(stream(enc, x), series, atol=ATOL, rtol=0)
     for b in range(2):  # unbatched [N, F] series agree with the batched call
         torch.testing.assert_close(enc.encode_series(x[b]), series[b], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", list(MEMORY_CASES))
+@pytest.mark.parametrize("window", [1, 3, 6])
+@torch.inference_mode()
+def test_three_modes_agree_with_memory_layers(make_encoder, case, window):
+    enc = memory_encoder(make_encoder, case, window)
+    rf = enc.receptive_field
+    assert rf == PLANS[MEMORY_CASES[case][0]].n_kv_layers * (window - 1) + 1  # per-token memory
+    x = torch.randn(2, rf + 9, F)
+    series = enc.encode_series(x)  # [2, N, D]
+    for T in (rf, rf + 2):
+        torch.testing.assert_close(
+            last_rows_of_windows(enc, x, T), series[:, T - 1 :], atol=ATOL, rtol=0
+        )
+    torch.testing.assert_close(stream(enc, x), series, atol=ATOL, rtol=0)
+    for b in range(2):
+        torch.testing.assert_close(enc.encode_series(x[b]), series[b], atol=ATOL, rtol=0)
+    torch.testing.assert_close(enc.encode_series(x, chunk=1), series, atol=1e-6, rtol=0)
+    # the memory layers matter: the same weights with empty value tables give another output
+    for mem in enc.memories.values():
+        mem.values.weight.zero_()
+    assert (enc.encode_series(x) - series).abs().amax(-1).min() > 100 * ATOL
+
+
+@pytest.mark.parametrize("case", ["reference+pkm4", "mlkv1+pkm-all"])
+@torch.inference_mode()
+def test_memory_layers_keep_the_receptive_field_and_streaming_resets(make_encoder, case):
+    enc = memory_encoder(make_encoder, case, window=3)
+    rf = enc.receptive_field
+    x = torch.randn(3, 3 * rf, F)
+    series = enc.encode_series(x)
+    short = last_rows_of_windows(enc, x, rf - 1)  # one bar short: every later window differs
+    assert (short[:, 1:] - series[:, rf - 1 :]).abs().amax(-1).min() > ATOL
+    s, mask = 7, torch.tensor([False, True, False])
+    out = stream(enc, x, {s: mask})
+    torch.testing.assert_close(out[[0, 2]], series[[0, 2]], atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[1, s:], enc.encode_series(x[1, s:]), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["mha", "cla2", "mlkv1", "reference"])
@@ -160,7 +215,9 @@ def test_chunk_size_does_not_change_encode_series(make_encoder, chunk):
 def test_random_plans_agree_across_modes(make_encoder, n_layers, heads, window, extra, data):
     m = data.draw(st.integers(1, n_layers))
     plan = KVSharingPlan.mlkv(n_layers, heads[0], heads[1], m)
-    enc = make_encoder(plan, window, d_model=16)
+    layers = data.draw(st.sets(st.integers(0, n_layers - 1), max_size=2))  # memory layers
+    memory = PKMConfig(n_keys=6, k=data.draw(st.integers(1, 6)), heads=2, k_dim=4)
+    enc = make_encoder(plan, window, d_model=16, memory_layers=tuple(layers), memory=memory)
     rf = enc.receptive_field
     x = torch.randn(2, rf + extra, F)
     with torch.inference_mode():
