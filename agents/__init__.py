@@ -11,6 +11,7 @@
 
 from .buffers import BarRolloutBuffer
 from .extractor import DEFAULT_ENCODER, MLKVExtractor
+from .memory_callback import MemoryUsageCallback
 from .policy import LOG_STD_RANGE, MLKVActorCriticPolicy, SegmentObs
 from .ppo import MLKVPPO, PlainPathWarning
 
@@ -21,6 +22,7 @@ __all__ = [
     "BarRolloutBuffer",
     "MLKVActorCriticPolicy",
     "MLKVExtractor",
+    "MemoryUsageCallback",
     "PlainPathWarning",
     "SegmentObs",
 ]

@@ -63,6 +63,10 @@ class ModelConfig:
         }
     )
     """KV-sharing plan: ``kind`` (mha, gqa, mqa, cla, mlkv) and its constructor's arguments."""
+    memory_layers: tuple[int, ...] = ()
+    """Layers whose MLP is a product-key memory (UltraMem-style); () = none."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """Product-key memory settings (n_keys, k, heads, k_dim, ...); {} = PKMConfig defaults."""
     account_hidden: int = 32
     """Width of the MLP over the account features."""
     net_arch: tuple[int, ...] = (64, 64)

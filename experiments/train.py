@@ -24,7 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
 
-from agents import MLKVPPO, MLKVActorCriticPolicy, MLKVExtractor
+from agents import MLKVPPO, MemoryUsageCallback, MLKVActorCriticPolicy, MLKVExtractor
 from data import Split, chronological_split, datasets, load_candles, synthetic
 from envs import EnvConfig, MarketReplayVecEnv
 from experiments.backends import limit_threads
@@ -69,7 +69,13 @@ def load_split(cfg: DataConfig) -> Split:
 def policy_kwargs(model: ModelConfig) -> dict[str, Any]:
     """SB3 ``policy_kwargs`` for :class:`MLKVActorCriticPolicy` from the model section."""
     return {
-        "encoder": {"d_model": model.d_model, "window": model.window, "plan": dict(model.plan)},
+        "encoder": {
+            "d_model": model.d_model,
+            "window": model.window,
+            "plan": dict(model.plan),
+            "memory_layers": list(model.memory_layers),
+            "memory": dict(model.memory) or None,
+        },
         "account_hidden": (model.account_hidden,),
         "net_arch": list(model.net_arch),
         "log_std_range": (model.log_std_min, model.log_std_max),
@@ -343,7 +349,11 @@ def train(
     with progress:
         try:
             if remaining > 0:
-                agent.learn(remaining, callback=callback, reset_num_timesteps=ckpt is None)
+                agent.learn(
+                    remaining,
+                    callback=[callback, MemoryUsageCallback()],
+                    reset_num_timesteps=ckpt is None,
+                )
         except KeyboardInterrupt:
             path = save_training_state(
                 agent,

@@ -115,3 +115,12 @@ def test_sac_trains_through_the_same_loop(tmp_path: Path) -> None:
                      "sac.buffer_size=1000"), runs_root=tmp_path, show_progress=False)
     assert (run / "final.zip").is_file() and (run / "best.zip").is_file()
     assert "train/actor_loss" in (run / "progress.csv").read_text().splitlines()[0]
+
+
+def test_memory_layers_from_yaml_and_usage_logged(tmp_path: Path) -> None:
+    run = train(tiny("model.memory_layers=[1]", "model.memory={n_keys: 8, k: 4, heads: 1}"),
+                runs_root=tmp_path, show_progress=False)
+    header = (run / "progress.csv").read_text().splitlines()[0]
+    assert "memory/layer1_slot_share" in header and "memory/layer1_read_entropy" in header
+    policy, _ = load_policy(run, prefer="final")
+    assert len(policy.features_extractor.encoder.memories) == 1
