@@ -133,17 +133,17 @@ def backtest(
     seeds = []
     for i, (name, policy) in enumerate(zip(names, policies, strict=True)):
         policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
-        sto = run_policy_passes(
+        # K stochastic passes and the deterministic one (last row) in one lockstep run
+        mask = np.arange(passes + 1) == passes
+        both = run_policy_passes(
             policy,
             candles,
             env_config,
-            n_passes=passes,
-            deterministic=False,
+            n_passes=passes + 1,
+            deterministic=mask,
             seed=seed + 7919 * (i + 1),
         )
-        det = run_policy_passes(
-            policy, candles, env_config, n_passes=1, deterministic=True, seed=seed
-        )
+        sto, det = both.rows(slice(0, passes)), both.rows(slice(passes, None))
         rnd = scheduled(exposure_matched_random(sto.positions, rng))
         seeds.append(SeedPasses(name, sto, det, rnd))
         if on_policy_done is not None:

@@ -37,6 +37,17 @@ class PassResult:
     def n_passes(self) -> int:
         return int(self.positions.shape[0])
 
+    def rows(self, index: slice) -> PassResult:
+        """The passes ``index`` selects (same bars)."""
+        return PassResult(
+            self.times,
+            self.positions[index],
+            self.log_returns[index],
+            self.costs[index],
+            self.mean[index],
+            self.sigma[index],
+        )
+
 
 def run_policy_passes(
     policy: Any,
@@ -44,7 +55,7 @@ def run_policy_passes(
     env_config: EnvConfig,
     *,
     n_passes: int,
-    deterministic: bool,
+    deterministic: bool | np.ndarray,
     seed: int,
     fast: bool = True,
 ) -> PassResult:
@@ -55,13 +66,15 @@ def run_policy_passes(
         candles: the test period.
         env_config: costs and window; ``mode`` is forced to ``"test"``.
         n_passes: K, the number of passes (envs stepped together).
-        deterministic: act with the mean instead of sampling.
+        deterministic: act with the mean instead of sampling; a bool mask ``[n_passes]``
+            makes only the passes it marks deterministic (the others still sample).
         seed: seeds torch's RNG for the sampled actions (and the env).
         fast: use the encode-once path when the policy supports it.
     """
     venv = MarketReplayVecEnv(candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed)
     use_fast = fast and hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
     nan = np.full((n_passes, 1), np.nan, dtype=np.float32)
+    mask = np.broadcast_to(np.asarray(deterministic, dtype=bool), (n_passes,)).copy()
     means: list[np.ndarray] = []
     sigmas: list[np.ndarray] = []
     finished = np.zeros(n_passes, dtype=bool)
@@ -71,11 +84,9 @@ def run_policy_passes(
         encoded = policy.encode_bars(venv.features) if use_fast else None
         while not finished.all():
             if use_fast:
-                action, mean, sigma = _fast_actions(
-                    policy, encoded, venv.bar_index, obs, deterministic
-                )
+                action, mean, sigma = _fast_actions(policy, encoded, venv.bar_index, obs, mask)
             else:
-                action, _ = policy.predict(obs, deterministic=deterministic)
+                action = _predict(policy, obs, mask)
                 mean = sigma = nan
             obs, _, dones, _ = venv.step(np.asarray(action, dtype=np.float32).reshape(-1, 1))
             finished |= dones
@@ -117,13 +128,27 @@ class ScheduledActions:
         return self.actions[:, column : column + 1], None
 
 
+def _predict(policy: Any, obs: dict, mask: np.ndarray) -> np.ndarray:
+    """``predict`` with the passes in ``mask`` deterministic (sampling draws for all rows)."""
+    if mask.all():
+        return np.asarray(policy.predict(obs, deterministic=True)[0], dtype=np.float32)
+    action = np.array(policy.predict(obs, deterministic=False)[0], dtype=np.float32)
+    if mask.any():
+        subset = {key: value[mask] for key, value in obs.items()}
+        action[mask] = policy.predict(subset, deterministic=True)[0]
+    return action
+
+
 def _fast_actions(
-    policy: Any, encoded: torch.Tensor, bar_index: np.ndarray, obs: dict, deterministic: bool
+    policy: Any, encoded: torch.Tensor, bar_index: np.ndarray, obs: dict, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Actions from pre-encoded bars, drawn exactly as SB3's ``predict`` draws them."""
     account = torch.as_tensor(obs["account"], device=encoded.device)
     rows = encoded[torch.as_tensor(bar_index, device=encoded.device)]  # [K, D]
     mean, log_sigma, _ = policy.heads_from_encoded(rows, account)  # [K, act] each
     distribution = policy.action_dist.proba_distribution(mean, log_sigma)
-    action = distribution.get_actions(deterministic=deterministic).clamp(-1.0, 1.0)
+    action = distribution.get_actions(deterministic=bool(mask.all()))
+    if mask.any() and not mask.all():  # the same draws as _predict, then the means
+        action = torch.where(torch.as_tensor(mask, device=mean.device)[:, None], mean, action)
+    action = action.clamp(-1.0, 1.0)
     return action.cpu().numpy(), mean.cpu().numpy(), log_sigma.exp().cpu().numpy()
