@@ -354,6 +354,8 @@ def train(
                     callback=[callback, MemoryUsageCallback()],
                     reset_num_timesteps=ckpt is None,
                 )
+            else:  # resumed at the end of the budget: only validate and save
+                callback.init_callback(agent)
         except KeyboardInterrupt:
             path = save_training_state(
                 agent,

@@ -124,3 +124,25 @@ def test_memory_layers_from_yaml_and_usage_logged(tmp_path: Path) -> None:
     assert "memory/layer1_slot_share" in header and "memory/layer1_read_entropy" in header
     policy, _ = load_policy(run, prefer="final")
     assert len(policy.features_extractor.encoder.memories) == 1
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch) -> None:
+    from agents import MLKVPPO
+
+    original = MLKVPPO.train
+    calls = {"n": 0}
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(MLKVPPO, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny("checkpoint_every=0"), runs_root=tmp_path, show_progress=False)
+    run = next((tmp_path / "tiny").iterdir())
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert saved == ["ckpt-000000256.zip"]  # written on Ctrl-C, not periodically
+    monkeypatch.setattr(MLKVPPO, "train", original)
+    assert (train(resume=run, show_progress=False) / "final.zip").is_file()
