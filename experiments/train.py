@@ -159,6 +159,12 @@ class TrainCallback(BaseCallback):
                 f"non-finite observation at step {self.num_timesteps}; check the data for "
                 f"extreme values. Last good checkpoint: {self.last_good}"
             )
+        dones = self.locals.get("dones")
+        if dones is not None and dones.any():  # episode return = log(final / initial equity)
+            for info in np.asarray(self.locals["infos"], dtype=object)[dones]:
+                if "equity" in info:
+                    ratio = max(info["equity"], 1e-300) / self.config.env.initial_equity
+                    self.logger.record_mean("rollout/episode_log_return", math.log(ratio))
         self.progress.update(self.num_timesteps)
         if self.config.algo == "sac":
             self._periodic()

@@ -49,7 +49,8 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
     assert saved["env"]["window"] == 16 and saved["model"]["d_model"] == 16
     assert "train --config tiny.yaml" in (run_dir / "command.txt").read_text()
     header = (run_dir / "progress.csv").read_text().splitlines()[0]
-    for column in ("train/loss", "eval/validation_log_return", "rollout/sigma_mean"):
+    for column in ("train/loss", "eval/validation_log_return", "rollout/sigma_mean",
+                   "rollout/episode_log_return", "rollout/mean_equity", "train/entropy_loss"):
         assert column in header
     assert not list(run_dir.rglob("*.tmp"))
 
