@@ -91,9 +91,8 @@ def load_checkpoint(
             for name in names:
                 if name.endswith(".pt"):
                     blob = io.BytesIO(zf.read(name))
-                    entries[name[:-3]] = torch.load(
-                        blob, map_location=map_location, weights_only=True
-                    )
+                    tree = torch.load(blob, weights_only=True, map_location=map_location)
+                    entries[name[:-3]] = tree
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, json.JSONDecodeError, EOFError, RuntimeError, KeyError) as err:
