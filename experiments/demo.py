@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.config import TrainConfig, load_config
-from experiments.evaluation.backtest import backtest, write_json
-from experiments.evaluation.cli import print_summary
-from experiments.evaluation.report import write_report
+from experiments.evaluation.backtest import backtest
+from experiments.evaluation.cli import publish
 from experiments.evaluation.runs import load_policy
 from experiments.progress import console
 from experiments.train import load_split, train
@@ -127,8 +126,5 @@ def run_demo(
         }
     )
     batch = run_dirs[0].parent
-    write_json(summary, batch / "backtest.json")
-    report = write_report(summary, batch / "report.html")
-    print_summary(summary)
-    console.print(f"report: [bold]{report}[/bold]")
+    report = publish(summary, batch)
     return DemoResult(batch, report, summary["verdict"]["label"])

@@ -710,11 +710,8 @@ def run_backtest_sweep(args: argparse.Namespace, backend: Backend) -> int:
     Returns:
         0, or 1 when a run failed (the report then covers the others and says so).
     """
-    import os
 
-    from experiments.evaluation.backtest import write_json
-    from experiments.evaluation.cli import print_summary
-    from experiments.evaluation.report import write_report
+    from experiments.evaluation.cli import default_out, publish
     from experiments.train import load_run_config
 
     result, failed = backtest_runs(
@@ -740,12 +737,7 @@ def run_backtest_sweep(args: argparse.Namespace, backend: Backend) -> int:
             "failed_runs": {str(k): v for k, v in failed.items()},
         }
     )
-    runs = [str(r.resolve()) for r in args.runs]
-    out = args.out or (args.runs[0] if len(runs) == 1 else Path(os.path.commonpath(runs)))
-    json_path = write_json(summary, out / "backtest.json")
-    html_path = write_report(summary, out / "report.html")
-    print_summary(summary)
-    console.print(f"wrote [bold]{json_path}[/bold] and [bold]{html_path}[/bold]")
+    publish(summary, args.out or default_out(args.runs))
     if failed:
         console.print(
             f"[red]{len(failed)} run(s) failed and are left out of the verdict: "

@@ -34,7 +34,6 @@ from experiments.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
-    config_from_dict,
     config_to_yaml,
     load_config,
 )
@@ -325,9 +324,7 @@ def train(
     """
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: not a run directory (no config.yaml).")
-        config = load_config(run_dir / "config.yaml")
+        config = load_run_config(run_dir)
     else:
         if config is None:
             raise ValueError("train() needs a config (or resume=RUN_DIR)")
@@ -378,10 +375,8 @@ def train(
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The resolved config saved in a run directory."""
-    import yaml
-
+    """The resolved config saved in a run directory (validated like any YAML experiment)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml).")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return load_config(path)

@@ -66,18 +66,26 @@ def run_backtest(args: argparse.Namespace) -> int:
             "checkpoint": args.checkpoint,
         }
     )
-    out = args.out or _default_out(args.runs)
-    json_path = write_json(summary, out / "backtest.json")
-    html_path = write_report(summary, out / "report.html")
-    print_summary(summary)
-    console.print(f"wrote [bold]{json_path}[/bold] and [bold]{html_path}[/bold]")
+    publish(summary, args.out or default_out(args.runs))
     return 0
 
 
-def _default_out(runs: list[Path]) -> Path:
+def default_out(runs: list[Path]) -> Path:
+    """Where a backtest of ``runs`` writes: the run itself, or the runs' common parent."""
     if len(runs) == 1:
         return runs[0]
     return Path(os.path.commonpath([str(r.resolve()) for r in runs]))
+
+
+def publish(summary: dict[str, Any], out: Path) -> Path:
+    """Write ``backtest.json`` and ``report.html`` into ``out`` (atomically), print the
+    verdict and both paths; returns the report's path."""
+    json_path = write_json(summary, out / "backtest.json")
+    html_path = write_report(summary, out / "report.html")
+    print_summary(summary)
+    console.print(f"backtest: [bold]{json_path}[/bold]")
+    console.print(f"report: [bold]{html_path}[/bold]")
+    return html_path
 
 
 def print_summary(summary: dict[str, Any]) -> None:
