@@ -6,6 +6,7 @@
   ``heads_from_encoded`` for evaluation;
 * :class:`MLKVPPO` -- PPO whose rollouts look bar encodings up instead of re-encoding
   windows and whose updates encode contiguous time segments in one pass;
+* :class:`ScaledReward` -- a constant reward multiplier (log returns are ~1e-3 per bar);
 * :class:`BarRolloutBuffer`, :class:`SegmentObs` -- the bar-index storage behind it.
 """
 
@@ -14,6 +15,7 @@ from .extractor import DEFAULT_ENCODER, MLKVExtractor
 from .memory_callback import MemoryUsageCallback
 from .policy import LOG_STD_RANGE, MLKVActorCriticPolicy, SegmentObs
 from .ppo import MLKVPPO, PlainPathWarning
+from .reward_scale import ScaledReward
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -24,5 +26,6 @@ __all__ = [
     "MLKVExtractor",
     "MemoryUsageCallback",
     "PlainPathWarning",
+    "ScaledReward",
     "SegmentObs",
 ]

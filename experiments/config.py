@@ -7,6 +7,7 @@ every run directory, so a run can be reproduced from its folder alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -166,6 +167,10 @@ class TrainConfig:
     threads: int = 1
     """CPU threads for torch and numba (0: leave the defaults). One is fastest for the small
     models here on a few cores, and a fixed count keeps results bit-identical."""
+    reward_scale: float = 1.0
+    """Multiplier on the rewards the learner sees (env rewards are log returns, ~1e-3 per
+    bar; ~100 keeps the critic's error from swamping the advantages). Logs, validation and
+    backtests use unscaled returns."""
     data: DataConfig = field(default_factory=DataConfig)
     """Data section."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -184,6 +189,8 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
+        if not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
+            raise ValueError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

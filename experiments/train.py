@@ -23,8 +23,15 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecEnv
 
-from agents import MLKVPPO, MemoryUsageCallback, MLKVActorCriticPolicy, MLKVExtractor
+from agents import (
+    MLKVPPO,
+    MemoryUsageCallback,
+    MLKVActorCriticPolicy,
+    MLKVExtractor,
+    ScaledReward,
+)
 from data import Split, chronological_split, datasets, load_candles, synthetic
 from envs import EnvConfig, MarketReplayVecEnv
 from experiments.backends import limit_threads
@@ -82,7 +89,7 @@ def policy_kwargs(model: ModelConfig) -> dict[str, Any]:
     }
 
 
-def build_agent(config: TrainConfig, venv: MarketReplayVecEnv) -> BaseAlgorithm:
+def build_agent(config: TrainConfig, venv: VecEnv) -> BaseAlgorithm:
     """The SB3 algorithm named by ``config.algo`` with the MLKV policy, seeded by the config."""
     kwargs = policy_kwargs(config.model)
     if config.algo == "ppo":
@@ -114,10 +121,12 @@ def build_agent(config: TrainConfig, venv: MarketReplayVecEnv) -> BaseAlgorithm:
     )
 
 
-def make_venv(candles: pd.DataFrame, config: TrainConfig) -> MarketReplayVecEnv:
-    """The batched training env (train mode), seeded by the run's seed."""
+def make_venv(candles: pd.DataFrame, config: TrainConfig) -> VecEnv:
+    """The batched training env (train mode), seeded by the run's seed; rewards scaled by
+    ``config.reward_scale`` when it is not 1."""
     env_cfg = replace(config.env, mode="train")
-    return MarketReplayVecEnv(candles, env_cfg, n_envs=config.n_envs, seed=config.seed)
+    venv = MarketReplayVecEnv(candles, env_cfg, n_envs=config.n_envs, seed=config.seed)
+    return venv if config.reward_scale == 1.0 else ScaledReward(venv, config.reward_scale)
 
 
 def validation_return(agent: BaseAlgorithm, candles: pd.DataFrame, env: EnvConfig) -> float:

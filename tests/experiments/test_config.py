@@ -45,6 +45,7 @@ def test_overrides_apply_before_validation(tmp_path: Path) -> None:
         ("env.commission_bps=-1", "env"),
         ("model.plan=3", "model.plan"),
         ("sesd=1", "sesd"),
+        ("reward_scale=0", "TrainConfig"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:
