@@ -36,10 +36,15 @@ MARKETS: dict[str, tuple[str, list[str]]] = {
             "ppo.learning_rate=3e-4",
         ],
     ),
-    "ar1": ("ar1_ppo.yaml", []),
+    "ar1": ("ar1_ppo.yaml", ["total_steps=61440"]),  # learns the edge by ~30k steps
     "gbm": (
         "ar1_ppo.yaml",
-        ["name=gbm_ppo", "data.source=synthetic:gbm", "data.params={vol: 0.002}"],
+        [
+            "total_steps=61440",
+            "name=gbm_ppo",
+            "data.source=synthetic:gbm",
+            "data.params={vol: 0.002}",
+        ],
     ),
 }
 
