@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# docs/report.png: the ar1 demo's report, rendered by headless Chromium (needs `chromium`)
+REPORT ?= runs/demo/ar1/ar1_ppo/report.html
+screenshot:
+	test -f $(REPORT) || $(VENV)/bin/mlkv-trader demo --market ar1
+	chromium --headless --no-sandbox --hide-scrollbars --window-size=860,940 \
+		--screenshot=$(CURDIR)/docs/report.png file://$(abspath $(REPORT))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,7 +27,7 @@ class TrainProgress:
         self._val = "n/a"
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=6),  # the whole line fits 80 columns (logs, CI)
             MofNCompleteColumn(),
             TextColumn("{task.fields[fps]:>7} fps"),
             TextColumn("val {task.fields[val]}"),
