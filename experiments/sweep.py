@@ -329,9 +329,9 @@ class SeedBoard:
         self.total, self.enabled, self.title = total, enabled, title
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            TextColumn("{task.fields[status]:<18}"),
-            BarColumn(bar_width=30),
-            TextColumn("{task.fields[steps]:>17}"),
+            TextColumn("{task.fields[status]:<9}"),
+            BarColumn(bar_width=12),  # a line fits 80 columns (logs, CI)
+            TextColumn("{task.fields[steps]:>15}"),
             TextColumn("{task.fields[fps]:>7} fps"),
             TimeElapsedColumn(),
             console=err_console,
@@ -667,7 +667,7 @@ def backtest_runs(
         for i, r in enumerate(runs)
     }
     board = SeedBoard(
-        labels,
+        {i: r.name for i, r in enumerate(runs)},  # notes name the whole path
         None,
         enabled=show_progress,
         title=f"backtest on {backend.name} ({backend.slots} at once)",
