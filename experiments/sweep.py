@@ -41,7 +41,7 @@ from experiments.progress import console, err_console
 
 if TYPE_CHECKING:
     from experiments.config import TrainConfig
-    from experiments.evaluation.backtest import BacktestResult
+    from experiments.evaluation.backtest import BacktestResult, SeedPasses
 
 FORMAT = "mlkv-trader-sweep"
 VERSION = 1
@@ -582,23 +582,31 @@ def backtest_run(
     prefer: str,
     passes: int,
     seed: int,
-) -> BacktestResult:
-    """Backtest one run in a worker: its K stochastic passes, deterministic pass, baselines.
+    index: int,
+) -> SeedPasses:
+    """Backtest one run in a worker: its K stochastic passes, deterministic and random passes.
 
-    The bars and env come from the ``reference`` run (the first of the set), as in the
-    single-process backtest.
+    The bars and env come from the ``reference`` run (the first of the set), and the passes
+    are seeded by ``(seed, index)``, exactly as in the single-process backtest.
     """
-    from experiments.evaluation.backtest import backtest
-    from experiments.evaluation.cli import candles_to_test
+    from experiments.evaluation.backtest import policy_passes
     from experiments.evaluation.runs import load_policy
+
+    config, candles = _reference_bars(reference, data, split)
+    policy, _ = load_policy(run_dir, candles=candles, prefer=prefer)
+    return policy_passes(
+        policy, candles, index=index, passes=passes, env_config=config.env, seed=seed,
+        name=name,
+    )
+
+
+def _reference_bars(reference: str | Path, data: str | None, split: str) -> tuple[Any, Any]:
+    """The run config of ``reference`` and the bars a backtest of its set runs on."""
+    from experiments.evaluation.cli import candles_to_test
     from experiments.train import load_run_config
 
     config = load_run_config(reference)
-    candles = candles_to_test(config, data, split)
-    policy, _ = load_policy(run_dir, candles=candles, prefer=prefer)
-    return backtest(
-        [policy], candles, passes=passes, env_config=config.env, seed=seed, names=[name]
-    )
+    return config, candles_to_test(config, data, split)
 
 
 class _BacktestListener(TaskListener):
@@ -639,11 +647,9 @@ def backtest_runs(
 ) -> tuple[BacktestResult | None, dict[Path, str]]:
     """Backtest runs as one task each on ``backend``, then judge them together.
 
-    Run ``i``'s stochastic passes use the same sampling seed as in the single-process
-    :func:`~experiments.evaluation.backtest.backtest` (``seed + 7919 * (i + 1)``), so they are
-    identical; its exposure-matched random passes draw from a generator of its own
-    (``seed + 7919 * i``) instead of one shared in sequence, so the random baseline and the
-    verdict can differ slightly from the single-process numbers (not between backends).
+    Run ``i`` is :func:`~experiments.evaluation.backtest.policy_passes` with index ``i``,
+    and the driver joins them with :func:`~experiments.evaluation.backtest.combine`, so every pass,
+    the random baseline and the verdict equal the single-process backtest's.
 
     Returns:
         The combined result over the runs that succeeded (None if none did), and the failed
@@ -661,7 +667,8 @@ def backtest_runs(
                 split,
                 prefer,
                 passes,
-                seed + 7919 * i,
+                seed,
+                i,
             ),
         )
         for i, r in enumerate(runs)
@@ -680,28 +687,12 @@ def backtest_runs(
     parts = [outcomes[i].value for i in sorted(outcomes) if outcomes[i].ok]
     if not parts:
         return None, failed
-    result = combine_backtests(parts, seed)
+    from experiments.evaluation.backtest import combine
+
+    config, candles = _reference_bars(runs[0], data, split)
+    result = combine(parts, candles, env_config=config.env, seed=seed)
     result.settings["backend"] = backend.name
     return result, failed
-
-
-def combine_backtests(parts: list[BacktestResult], seed: int) -> BacktestResult:
-    """One result over several single-run backtests of the same bars: one verdict for all."""
-    import numpy as np
-
-    from experiments.evaluation.backtest import BacktestResult
-    from experiments.evaluation.verdict import judge
-
-    seeds = [p.seeds[0] for p in parts]
-    first = parts[0]
-    verdict = judge(
-        np.stack([s.stochastic.log_returns for s in seeds]),
-        np.stack([s.random.log_returns for s in seeds]),
-        first.buy_and_hold.log_returns[0],
-        np.stack([s.stochastic.positions for s in seeds]),
-    )
-    settings = {**first.settings, "seed": seed, "policies": [s.name for s in seeds]}
-    return BacktestResult(seeds, first.buy_and_hold, first.flat, first.price, verdict, settings)
 
 
 def run_backtest_sweep(args: argparse.Namespace, backend: Backend) -> int:

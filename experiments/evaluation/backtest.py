@@ -90,6 +90,9 @@ def backtest(
 ) -> BacktestResult:
     """Backtest policies across ``passes`` stochastic passes each, plus baselines, and judge.
 
+    The same as :func:`policy_passes` for each policy (index ``i``) followed by
+    :func:`combine`, which is how a distributed backtest runs it, with the same numbers.
+
     Args:
         policies: one policy or a list (one per training seed): MLKV policies, SB3
             algorithms (their ``.policy`` is used) or anything with
@@ -103,51 +106,99 @@ def backtest(
         verdict_config: thresholds of the verdict.
         on_policy_done: optional callback ``(index, name) -> None`` for progress display.
     """
-    if int(passes) != passes or passes < 2:
-        raise ValueError(
-            f"passes must be an integer >= 2 (K passes make a dispersion), got {passes}."
-        )
     policies = list(policies) if isinstance(policies, (list, tuple)) else [policies]
     if not policies:
         raise ValueError("backtest needs at least one policy.")
     names = names or [f"policy-{i}" for i in range(len(policies))]
     if len(names) != len(policies):
         raise ValueError(f"got {len(names)} names for {len(policies)} policies.")
-    env_config = env_config.replace(mode="test", action="continuous")
-
-    def scheduled(actions: np.ndarray) -> PassResult:
-        return run_policy_passes(
-            ScheduledActions(actions),
-            candles,
-            env_config,
-            n_passes=actions.shape[0],
-            deterministic=True,
-            seed=seed,
-        )
-
-    probe = scheduled(np.ones((1, 1)))  # buy-and-hold: always +1
-    n_steps = probe.log_returns.shape[1]
-    buy_and_hold = probe
-    flat = scheduled(np.zeros((1, 1)))
-    rng = np.random.default_rng(seed)
     seeds = []
     for i, (name, policy) in enumerate(zip(names, policies, strict=True)):
-        policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
-        # K stochastic passes and the deterministic one (last row) in one lockstep run
-        mask = np.arange(passes + 1) == passes
-        both = run_policy_passes(
-            policy,
-            candles,
-            env_config,
-            n_passes=passes + 1,
-            deterministic=mask,
-            seed=seed + 7919 * (i + 1),
+        seeds.append(
+            policy_passes(
+                policy, candles, index=i, passes=passes, env_config=env_config, seed=seed,
+                name=name,
+            )
         )
-        sto, det = both.rows(slice(0, passes)), both.rows(slice(passes, None))
-        rnd = scheduled(exposure_matched_random(sto.positions, rng))
-        seeds.append(SeedPasses(name, sto, det, rnd))
         if on_policy_done is not None:
             on_policy_done(i, name)
+    return combine(seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config)
+
+
+def _scheduled(
+    actions: np.ndarray, candles: pd.DataFrame, env_config: EnvConfig, seed: int
+) -> PassResult:
+    """Passes that follow fixed target positions, ``[n_passes, n_bars]`` (or broadcast)."""
+    return run_policy_passes(
+        ScheduledActions(actions),
+        candles,
+        _test_env(env_config),
+        n_passes=actions.shape[0],
+        deterministic=True,
+        seed=seed,
+    )
+
+
+def _test_env(env_config: EnvConfig) -> EnvConfig:
+    return env_config.replace(mode="test", action="continuous")
+
+
+def policy_passes(
+    policy: Any,
+    candles: pd.DataFrame,
+    *,
+    index: int,
+    passes: int,
+    env_config: EnvConfig,
+    seed: int = 0,
+    name: str | None = None,
+) -> SeedPasses:
+    """One policy's K stochastic passes, its deterministic pass and K random passes.
+
+    Seeded by ``(seed, index)`` alone, so policy ``index`` of a set gets the same passes
+    whether the set runs in one process or as one task per policy.
+
+    Args:
+        policy: as in :func:`backtest`.
+        candles: the test period.
+        index: the policy's position in its set.
+        passes: K >= 2.
+        env_config: costs and window of the env; ``mode`` is forced to ``"test"``.
+        seed: the backtest's seed.
+        name: its label (default ``policy-<index>``).
+    """
+    if int(passes) != passes or passes < 2:
+        raise ValueError(
+            f"passes must be an integer >= 2 (K passes make a dispersion), got {passes}."
+        )
+    policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
+    # K stochastic passes and the deterministic one (last row) in one lockstep run
+    both = run_policy_passes(
+        policy,
+        candles,
+        _test_env(env_config),
+        n_passes=passes + 1,
+        deterministic=np.arange(passes + 1) == passes,
+        seed=seed + 7919 * (index + 1),
+    )
+    sto, det = both.rows(slice(0, passes)), both.rows(slice(passes, None))
+    rng = np.random.default_rng([seed, index])
+    rnd = _scheduled(exposure_matched_random(sto.positions, rng), candles, env_config, seed)
+    return SeedPasses(name or f"policy-{index}", sto, det, rnd)
+
+
+def combine(
+    seeds: list[SeedPasses],
+    candles: pd.DataFrame,
+    *,
+    env_config: EnvConfig,
+    seed: int = 0,
+    verdict_config: VerdictConfig | None = None,
+) -> BacktestResult:
+    """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes."""
+    buy_and_hold = _scheduled(np.ones((1, 1)), candles, env_config, seed)  # always +1
+    flat = _scheduled(np.zeros((1, 1)), candles, env_config, seed)
+    n_steps = buy_and_hold.log_returns.shape[1]
     verdict = judge(
         np.stack([s.stochastic.log_returns for s in seeds]),
         np.stack([s.random.log_returns for s in seeds]),
@@ -157,11 +208,11 @@ def backtest(
     )
     price = candles["close"].to_numpy(dtype=np.float64)[-n_steps:]
     settings = {
-        "passes": passes,
+        "passes": seeds[0].stochastic.n_passes,
         "seed": seed,
-        "env": env_config.to_dict(),
+        "env": _test_env(env_config).to_dict(),
         "n_bars": n_steps,
-        "policies": names,
+        "policies": [s.name for s in seeds],
     }
     return BacktestResult(seeds, buy_and_hold, flat, price, verdict, settings)
 
