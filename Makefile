@@ -29,7 +29,7 @@ lint: install
 REPORT ?= runs/demo/ar1/ar1_ppo/report.html
 screenshot:
 	test -f $(REPORT) || $(VENV)/bin/mlkv-trader demo --market ar1
-	chromium --headless --no-sandbox --hide-scrollbars --window-size=860,940 \
+	chromium --headless --no-sandbox --hide-scrollbars --window-size=860,1400 \
 		--screenshot=$(CURDIR)/docs/report.png file://$(abspath $(REPORT))
 
 clean:

@@ -143,8 +143,8 @@ def _verdict_html(v: dict[str, Any]) -> str:
         f"</p><p>{html.escape(headline)}</p><table><tr><th class='l'>check</th>"
         "<th>statistic</th><th>p-value</th><th>threshold</th><th>result</th>"
         "<th class='l'>what was measured</th></tr>" + "".join(rows) + "</table>"
-        f"<p>Dispersion ratio rho = {_fmt(v['rho'])}, seeds supporting: "
-        f"{_fmt(v['seed_share'])}.</p>"
+        f"<p>Dispersion ratio rho = {_fmt(v['rho'])}; share of seeds that are decisive with "
+        f"a positive edge: {v['seed_share']:.0%}.</p>"
     )
 
 
