@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
+import numba
 import numpy as np
 import pandas as pd
 from gymnasium.utils import seeding
@@ -46,6 +47,10 @@ from envs.kernels import (
     step_kernel_parallel,
 )
 
+PARALLEL_MIN_ROWS = 8192
+"""Candle rows per step (``n_envs * window``) from which the ``prange`` kernel is the default:
+on 2 cores it is 1.2x at N=64, T=128 and 1.7-1.8x at N=256, and slower below."""
+
 _PER_ENV_ATTRIBUTES = frozenset({"bar_index", "equity", "position", "last_cost", "steps"})
 
 
@@ -74,8 +79,10 @@ class MarketReplayVecEnv(VecEnv):
         config: an :class:`EnvConfig`, a mapping, or None for defaults.
         n_envs: number of envs N.
         seed: env ``i`` is seeded with ``seed + i`` at the first ``reset()``; None: random.
-        parallel: spread the envs over numba threads (``prange``). Off by default: on 2
-            cores the thread start-up costs more than it saves.
+        parallel: spread the envs over numba threads (``prange``). ``None`` (default): only
+            when numba has more than one thread and a step writes at least
+            :data:`PARALLEL_MIN_ROWS` candle rows (``n_envs * window``); below that, waking
+            the threads costs more than they save (measured on 2 cores, docs/environment.md).
 
     Attributes:
         features: float32 ``[n_bars, F]`` array observations are sliced from;
@@ -88,7 +95,7 @@ class MarketReplayVecEnv(VecEnv):
         config: EnvConfig | dict[str, Any] | None = None,
         n_envs: int = 1,
         seed: int | None = None,
-        parallel: bool = False,
+        parallel: bool | None = None,
     ) -> None:
         if isinstance(n_envs, bool) or not isinstance(n_envs, int | np.integer) or n_envs < 1:
             raise ValueError(f"n_envs must be an integer >= 1, got {n_envs!r}.")
@@ -100,6 +107,10 @@ class MarketReplayVecEnv(VecEnv):
         n = int(n_envs)
         cfg = self.config
         self.render_mode = None
+        if parallel is None:
+            parallel = n_envs * self.config.window >= PARALLEL_MIN_ROWS and (
+                numba.get_num_threads() > 1
+            )
         self.parallel = bool(parallel)
         self._kernel = step_kernel_parallel if parallel else step_kernel
         self._discrete = cfg.action == "discrete"

@@ -145,8 +145,22 @@ def test_bad_vec_actions_raise_and_change_nothing(gbm: pd.DataFrame) -> None:
         discrete.step(np.array([0.0, 1.0]))
 
 
+def test_parallel_kernel_is_chosen_for_big_steps_with_threads(
+    gbm: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import envs.vec
+
+    monkeypatch.setattr(envs.vec.numba, "get_num_threads", lambda: 2)
+    n = envs.vec.PARALLEL_MIN_ROWS // SHORT.window  # n envs write exactly the minimum
+    assert MarketReplayVecEnv(gbm, SHORT, n_envs=n).parallel
+    assert not MarketReplayVecEnv(gbm, SHORT, n_envs=n - 1).parallel
+    assert not MarketReplayVecEnv(gbm, SHORT, n_envs=n, parallel=False).parallel
+    monkeypatch.setattr(envs.vec.numba, "get_num_threads", lambda: 1)
+    assert not MarketReplayVecEnv(gbm, SHORT, n_envs=n).parallel
+
+
 def test_parallel_kernel_equals_serial(gbm: pd.DataFrame) -> None:
-    serial = MarketReplayVecEnv(gbm, SHORT, n_envs=6, seed=3)
+    serial = MarketReplayVecEnv(gbm, SHORT, n_envs=6, seed=3, parallel=False)
     parallel = MarketReplayVecEnv(gbm, SHORT, n_envs=6, seed=3, parallel=True)
     a, b = serial.reset(), parallel.reset()
     rng = np.random.default_rng(1)
