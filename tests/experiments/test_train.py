@@ -14,7 +14,8 @@ from experiments.evaluation.runs import load_policy
 from experiments.train import TrainingDivergedError, train
 
 TINY = [
-    "name=tiny", "n_envs=2", "total_steps=256", "eval_every=128", "checkpoint_every=128",
+    "name=tiny", "n_envs=2", "total_steps=256", "reward_scale=100",
+    "eval_every=128", "checkpoint_every=128",
     "data.source=synthetic:ar1", "data.n_bars=1200", "data.embargo=16",
     "env.window=16", "env.episode_length=48",
     "model.d_model=16", "model.window=4", "model.account_hidden=8", "model.net_arch=[16]",
@@ -58,9 +59,11 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
     again = train(tiny(), runs_root=tmp_path, show_progress=False)
     other = train(tiny("seed=1"), runs_root=tmp_path, show_progress=False)
-    a, b, c = weights(run_dir), weights(again), weights(other)
+    unscaled = train(tiny("reward_scale=1"), runs_root=tmp_path, show_progress=False)
+    a, b, c, d = weights(run_dir), weights(again), weights(other), weights(unscaled)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert not all(torch.equal(a[k], d[k]) for k in a)  # the learner saw scaled rewards
 
 
 def test_resume_equals_uninterrupted(run_dir: Path, tmp_path: Path) -> None:
