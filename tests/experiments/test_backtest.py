@@ -92,5 +92,5 @@ def test_compare_prints_iqm_and_probability_of_improvement(tmp_path, capsys) -> 
     out = capsys.readouterr().out
     assert "P(A > B) = 1.000" in out and "IQM" in out
     (tmp_path / "c.json").write_text("{}")
-    with pytest.raises(ValueError, match="not an mlkv-trader backtest"):
-        main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 2
+    assert "not an mlkv-trader backtest" in capsys.readouterr().err
