@@ -89,6 +89,17 @@ def policy_kwargs(model: ModelConfig) -> dict[str, Any]:
     }
 
 
+def sac_policy_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` for SAC's ``MultiInputPolicy``: the MLKV features extractor
+    under SAC's own squashed-Gaussian actor and twin critics."""
+    kwargs = policy_kwargs(model)
+    return {
+        "features_extractor_class": MLKVExtractor,
+        "features_extractor_kwargs": {k: kwargs[k] for k in ("encoder", "account_hidden")},
+        "net_arch": kwargs["net_arch"],
+    }
+
+
 def build_agent(config: TrainConfig, venv: VecEnv) -> BaseAlgorithm:
     """The SB3 algorithm named by ``config.algo`` with the MLKV policy, seeded by the config."""
     kwargs = policy_kwargs(config.model)
@@ -105,16 +116,11 @@ def build_agent(config: TrainConfig, venv: VecEnv) -> BaseAlgorithm:
     sac = asdict(config.sac)
     if not sac["ent_coef"].startswith("auto"):
         sac["ent_coef"] = float(sac["ent_coef"])
-    sac_kwargs = {
-        "features_extractor_class": MLKVExtractor,
-        "features_extractor_kwargs": {k: kwargs[k] for k in ("encoder", "account_hidden")},
-        "net_arch": kwargs["net_arch"],
-    }
     return SAC(
         "MultiInputPolicy",
         venv,
         **sac,
-        policy_kwargs=sac_kwargs,
+        policy_kwargs=sac_policy_kwargs(config.model),
         seed=config.seed,
         device=config.device,
         verbose=0,

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
 
 from agents import MLKVActorCriticPolicy
 from envs import MarketReplayEnv
 from experiments.checkpoint import CheckpointError, load_checkpoint
 from experiments.config import TrainConfig
-from experiments.train import load_run_config, policy_kwargs
+from experiments.train import load_run_config, policy_kwargs, sac_policy_kwargs
 
 CHECKPOINTS = ("best.zip", "final.zip")
 
@@ -38,8 +40,12 @@ def load_policy(
     candles: pd.DataFrame | None = None,
     prefer: str = "best",
     device: str = "cpu",
-) -> tuple[MLKVActorCriticPolicy, TrainConfig]:
+) -> tuple[BasePolicy, TrainConfig]:
     """Rebuild a run's policy from its ``config.yaml`` and load its weights.
+
+    PPO runs give the MLKV actor-critic (its passes encode the test period once); SAC runs
+    give SB3's SAC policy with the MLKV extractor (its passes call ``predict`` per step, and
+    the report has no sigma series for them).
 
     Args:
         run_dir: a run directory written by ``mlkv-trader train``.
@@ -56,18 +62,15 @@ def load_policy(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory.")
     config = load_run_config(run_dir)
-    if config.algo != "ppo":
-        raise ValueError(
-            f"{run_dir}: backtesting supports PPO runs (the stochastic MLKV "
-            f"actor-critic); this run used {config.algo!r}."
-        )
     from experiments.train import load_split
 
     probe = candles if candles is not None else load_split(config.data).test
     env = MarketReplayEnv(probe, config.env.replace(mode="test"))
-    policy = MLKVActorCriticPolicy(
-        env.observation_space, env.action_space, lambda _: 0.0, **policy_kwargs(config.model)
-    ).to(device)
+    spaces = (env.observation_space, env.action_space, lambda _: 0.0)
+    if config.algo == "sac":  # SB3's squashed-Gaussian actor; passes use its predict()
+        policy = SACMultiInputPolicy(*spaces, **sac_policy_kwargs(config.model)).to(device)
+    else:
+        policy = MLKVActorCriticPolicy(*spaces, **policy_kwargs(config.model)).to(device)
     path = find_checkpoint(run_dir, prefer)
     entries, _ = load_checkpoint(path, map_location=device)
     state = _policy_state(entries, path)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
 
 from experiments.checkpoint import CheckpointError, load_checkpoint
 from experiments.config import load_config
+from experiments.evaluation.backtest import backtest
 from experiments.evaluation.runs import load_policy
-from experiments.train import TrainingDivergedError, train
+from experiments.train import TrainingDivergedError, load_split, train
 
 TINY = [
     "name=tiny", "n_envs=2", "total_steps=256", "reward_scale=100",
@@ -125,6 +128,16 @@ def test_sac_trains_through_the_same_loop(tmp_path: Path) -> None:
                      "sac.buffer_size=1000"), runs_root=tmp_path, show_progress=False)
     assert (run / "final.zip").is_file() and (run / "best.zip").is_file()
     assert "train/actor_loss" in (run / "progress.csv").read_text().splitlines()[0]
+    # its policy loads from the run and backtests through predict(); same seed, same passes
+    policy, config = load_policy(run, prefer="final")
+    assert isinstance(policy, SACMultiInputPolicy)
+    saved = load_checkpoint(run / "final.zip")[0]["policy"]
+    assert all(torch.equal(policy.state_dict()[k], saved[k]) for k in saved)
+    test = load_split(config.data).test
+    a, b = (backtest(policy, test, passes=3, env_config=config.env, seed=1) for _ in range(2))
+    np.testing.assert_array_equal(a.seeds[0].stochastic.log_returns,
+                                  b.seeds[0].stochastic.log_returns)
+    assert np.ptp(a.seeds[0].stochastic.log_returns.sum(axis=1)) > 0  # passes sample
 
 
 def test_memory_layers_from_yaml_and_usage_logged(tmp_path: Path) -> None:
