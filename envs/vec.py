@@ -413,10 +413,7 @@ class MarketReplayVecEnv(VecEnv):
         final_candles, final_account = candles[ids], account[ids]  # fresh copies, [k, ...]
         for j, i in enumerate(ids.tolist()):
             infos[i] = {
-                "equity": state.item(i, S_EQUITY),
-                "position": state.item(i, S_POSITION),
-                "cost": state.item(i, S_COST),
-                "time": times[counters.item(i, C_BAR)],
+                **self._info(i, state.item(i, S_COST)),
                 "terminal_observation": {"candles": final_candles[j], "account": final_account[j]},
                 "TimeLimit.truncated": bool(counters.item(i, C_TRUNCATED)),
             }
