@@ -71,13 +71,8 @@ def stream(enc: MLKVEncoder, x: torch.Tensor, resets: dict[int, torch.Tensor] | 
     return torch.stack(outs, dim=1)  # [B, N, D]
 
 
-@pytest.mark.parametrize("name", list(PLANS))
-@pytest.mark.parametrize("window", [1, 3, 6])
-@torch.inference_mode()
-def test_three_modes_agree_for_every_plan(make_encoder, name, window):
-    enc = make_encoder(PLANS[name], window)
-    rf = enc.receptive_field
-    assert rf == PLANS[name].n_kv_layers * (window - 1) + 1
+def assert_three_modes_agree(enc, rf: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows, the whole series and streaming give the same encodings; returns (x, series)."""
     x = torch.randn(2, rf + 9, F)
     series = enc.encode_series(x)  # [2, N, D]
     for T in (rf, rf + 2):
@@ -87,6 +82,17 @@ def test_three_modes_agree_for_every_plan(make_encoder, name, window):
     torch.testing.assert_close(stream(enc, x), series, atol=ATOL, rtol=0)
     for b in range(2):  # unbatched [N, F] series agree with the batched call
         torch.testing.assert_close(enc.encode_series(x[b]), series[b], atol=ATOL, rtol=0)
+    return x, series
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+@pytest.mark.parametrize("window", [1, 3, 6])
+@torch.inference_mode()
+def test_three_modes_agree_for_every_plan(make_encoder, name, window):
+    enc = make_encoder(PLANS[name], window)
+    rf = enc.receptive_field
+    assert rf == PLANS[name].n_kv_layers * (window - 1) + 1
+    assert_three_modes_agree(enc, rf)
 
 
 @pytest.mark.parametrize("case", list(MEMORY_CASES))
@@ -96,15 +102,7 @@ def test_three_modes_agree_with_memory_layers(make_encoder, case, window):
     enc = memory_encoder(make_encoder, case, window)
     rf = enc.receptive_field
     assert rf == PLANS[MEMORY_CASES[case][0]].n_kv_layers * (window - 1) + 1  # per-token memory
-    x = torch.randn(2, rf + 9, F)
-    series = enc.encode_series(x)  # [2, N, D]
-    for T in (rf, rf + 2):
-        torch.testing.assert_close(
-            last_rows_of_windows(enc, x, T), series[:, T - 1 :], atol=ATOL, rtol=0
-        )
-    torch.testing.assert_close(stream(enc, x), series, atol=ATOL, rtol=0)
-    for b in range(2):
-        torch.testing.assert_close(enc.encode_series(x[b]), series[b], atol=ATOL, rtol=0)
+    x, series = assert_three_modes_agree(enc, rf)
     torch.testing.assert_close(enc.encode_series(x, chunk=1), series, atol=1e-6, rtol=0)
     # the memory layers matter: the same weights with empty value tables give another output
     for mem in enc.memories.values():
