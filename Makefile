@@ -5,24 +5,32 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test lint screenshot clean
+.PHONY: install install-dev demo test lint screenshot clean
 
+# `make demo` installs only what the demo needs (the package); `make test` adds `.[dev]`
+# (pytest, hypothesis, ruff, pyarrow, Ray).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 demo: install
 	$(VENV)/bin/mlkv-trader demo
 
-test: install
+test: install-dev
 	$(PY) -m pytest -q
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 
 # docs/report.png: the ar1 demo's report, rendered by headless Chromium (needs `chromium`)

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import yaml
 
-from envs import EnvConfig
+from envs import FEATURE_NAMES, EnvConfig
 from experiments.schema import ConfigError, apply_overrides, from_dict, to_dict
+from models import EncoderConfig, KVSharingPlan, PKMConfig
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -54,20 +55,13 @@ class ModelConfig:
     """Width of the encoder."""
     window: int = 16
     """Sliding attention window W (bars); receptive field = n_kv_layers * (W - 1) + 1."""
-    plan: dict[str, Any] = field(
-        default_factory=lambda: {
-            "kind": "mlkv",
-            "n_layers": 9,
-            "n_heads": 8,
-            "n_kv_heads": 2,
-            "n_kv_layers": 3,
-        }
-    )
-    """KV-sharing plan: ``kind`` (mha, gqa, mqa, cla, mlkv) and its constructor's arguments."""
+    plan: KVSharingPlan = field(default_factory=KVSharingPlan.reference)
+    """KV-sharing plan: ``kind`` (mha, gqa, mqa, cla, mlkv, custom) and its constructor's
+    arguments, e.g. ``{kind: mlkv, n_layers: 9, n_heads: 8, n_kv_heads: 2, n_kv_layers: 3}``."""
     memory_layers: tuple[int, ...] = ()
     """Layers whose MLP is a product-key memory (UltraMem-style); () = none."""
-    memory: dict[str, Any] = field(default_factory=dict)
-    """Product-key memory settings (n_keys, k, heads, k_dim, ...); {} = PKMConfig defaults."""
+    memory: PKMConfig | None = None
+    """Product-key memory settings (n_keys, k, heads, k_dim, ...); null = PKMConfig defaults."""
     account_hidden: int = 32
     """Width of the MLP over the account features."""
     net_arch: tuple[int, ...] = (64, 64)
@@ -84,8 +78,23 @@ class ModelConfig:
             raise ValueError("d_model and window must be >= 1")
         if not self.log_std_min < self.log_std_init < self.log_std_max:
             raise ValueError("need log_std_min < log_std_init < log_std_max")
-        if "kind" not in self.plan:
-            raise ValueError("plan needs a 'kind' (mha, gqa, mqa, cla or mlkv)")
+        self.encoder()  # d_model vs heads, memory layers vs depth: fail at load time
+
+    @property
+    def receptive_field(self) -> int:
+        """Bars a decision depends on: ``plan.n_kv_layers * (window - 1) + 1``."""
+        return self.plan.n_kv_layers * (self.window - 1) + 1
+
+    def encoder(self) -> EncoderConfig:
+        """The :class:`~models.EncoderConfig` this section describes (F = the env's features)."""
+        return EncoderConfig(
+            n_features=len(FEATURE_NAMES),
+            d_model=self.d_model,
+            plan=self.plan,
+            window=self.window,
+            memory_layers=self.memory_layers,
+            memory=self.memory,
+        )
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,31 @@ class TrainConfig:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
         if not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
+        check_name(self.name)
+        rf = self.model.receptive_field
+        if rf > self.env.window:
+            raise ConfigError(
+                "model.window",
+                f"the encoder's receptive field is {rf} bars (plan.n_kv_layers * (window - 1) "
+                f"+ 1 = {self.model.plan.n_kv_layers} * ({self.model.window} - 1) + 1) but "
+                f"env.window is {self.env.window}: set env.window >= {rf}, or lower "
+                f"model.window or the plan's KV layers.",
+            )
+
+
+def check_name(name: str) -> str:
+    """A run name is a relative path of plain parts (``ar1`` or ``study/ar1``) that stays
+    inside the runs folder: no ``..``, no absolute path, no empty part."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or Path(name).is_absolute() or name.startswith(("/", "\\", "~")) or any(
+        p in ("", ".", "..") for p in parts
+    ):
+        raise ConfigError(
+            "name",
+            f"{name!r} must be a plain relative name such as 'ar1_ppo' or 'study/ar1' (no "
+            "'..', no absolute path): runs are written to runs/<name>/.",
+        )
+    return name
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

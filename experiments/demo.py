@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from evaluation import backtest
+from experiments.backtesting import print_summary
 from experiments.config import TrainConfig, load_config
-from experiments.evaluation.backtest import backtest
-from experiments.evaluation.cli import publish
-from experiments.evaluation.runs import load_policy
+from experiments.factory import load_split
 from experiments.progress import console
-from experiments.train import load_split, train
+from experiments.runs import load_policy, publish
+from experiments.train import train
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -131,5 +132,6 @@ def run_demo(
         }
     )
     batch = run_dirs[0].parent
-    report = publish(summary, batch)
+    json_path, report = publish(summary, batch)
+    print_summary(summary, json_path, report)
     return DemoResult(batch, report, summary["verdict"]["label"])

@@ -53,7 +53,13 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, key: str = "") -> T:
 
 
 def to_dict(config: Any) -> Any:
-    """Plain, YAML-safe dict of a (nested) config dataclass (tuples become lists)."""
+    """Plain, YAML-safe dict of a (nested) config dataclass (tuples become lists).
+
+    Values with a ``to_dict`` method of their own (a :class:`~models.KVSharingPlan`, a
+    :class:`~models.PKMConfig`) are written in that form, which their ``from_dict`` reads.
+    """
+    if hasattr(config, "to_dict") and not isinstance(config, type):
+        return to_dict(config.to_dict())
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
     if isinstance(config, (tuple, list)):
@@ -81,6 +87,21 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return out
 
 
+def _own_format(tp: Any, value: dict[str, Any]) -> bool:
+    """Whether the class reads ``value`` with its own ``from_dict`` rather than field by field:
+    classes with a ``from_dict`` that are not dataclasses with defaults for every field (a
+    plan is written ``{kind: mlkv, n_layers: 9, ...}``, not as its ``kv_source``)."""
+    if not (isinstance(tp, type) and hasattr(tp, "from_dict")):
+        return False
+    if not dataclasses.is_dataclass(tp):
+        return True
+    missing = dataclasses.MISSING
+    return any(
+        f.init and f.default is missing and f.default_factory is missing
+        for f in dataclasses.fields(tp)
+    )
+
+
 def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
 
@@ -97,6 +118,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
         return value
+    if isinstance(value, dict) and _own_format(tp, value):  # e.g. KVSharingPlan {kind: ...}
+        try:
+            return tp.from_dict(value)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(key, str(err)) from err
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin in (Union, types.UnionType):

@@ -1,144 +1,42 @@
 """Train an MLKV actor-critic on the market-replay VecEnv: the whole loop, top to bottom.
 
 ``train(config)`` builds the data split, the batched env and the agent from one
-:class:`~experiments.config.TrainConfig`, then runs SB3's ``learn`` with one callback that
-checkpoints (atomically), validates, logs to TensorBoard/CSV, shows progress, stops on
-NaN/inf, and saves a checkpoint on Ctrl-C. ``--resume`` continues from the last checkpoint
-with optimizer, RNG and env state restored, so a resumed PPO run equals an uninterrupted one.
+:class:`~experiments.config.TrainConfig` (through :mod:`experiments.factory`), then runs
+SB3's ``learn`` with one callback that checkpoints (atomically), validates, logs to
+TensorBoard/CSV, shows progress, stops on NaN/inf, and saves a checkpoint on Ctrl-C.
+``--resume`` continues from the last checkpoint with optimizer, RNG and env state restored,
+so a resumed PPO run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import VecEnv
 
-from agents import (
-    MLKVPPO,
-    MemoryUsageCallback,
-    MLKVActorCriticPolicy,
-    MLKVExtractor,
-    ScaledReward,
-)
-from data import Split, chronological_split, datasets, load_candles, synthetic
-from envs import EnvConfig, MarketReplayVecEnv
-from experiments.backends import limit_threads
+from agents import MemoryUsageCallback
+from envs import EnvConfig
+from evaluation import run_policy_passes
 from experiments.checkpoint import load_checkpoint, save_checkpoint, to_numpy
-from experiments.config import (
-    SYNTHETIC_PREFIX,
-    DataConfig,
-    ModelConfig,
-    TrainConfig,
-    config_to_yaml,
-    load_config,
-)
+from experiments.config import TrainConfig, config_to_yaml
+from experiments.errors import TrainingDivergedError
+from experiments.factory import build_agent, load_split, make_venv
 from experiments.progress import TrainProgress
-from experiments.rundir import new_run_dir, write_metadata
-
-
-class TrainingDivergedError(RuntimeError):
-    """NaN or inf in the loss, the weights or the observations; names the step."""
-
-
-def load_market(cfg: DataConfig) -> pd.DataFrame:
-    """Candles named by a data config: an embedded dataset, a file, or a synthetic market."""
-    if cfg.source.startswith(SYNTHETIC_PREFIX):
-        name = cfg.source[len(SYNTHETIC_PREFIX) :]
-        return synthetic.generate(name, cfg.n_bars, seed=cfg.market_seed, **cfg.params)
-    if cfg.source in datasets.available():
-        return datasets.load(cfg.source)
-    if not Path(cfg.source).exists():
-        raise ValueError(
-            f"data.source: {cfg.source!r} is neither an embedded dataset "
-            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime'."
-        )
-    return load_candles(cfg.source, time_format=cfg.time_format)
-
-
-def load_split(cfg: DataConfig) -> Split:
-    """The chronological train/validation/test split of the configured market."""
-    return chronological_split(load_market(cfg), cfg.fractions, embargo=cfg.embargo)
-
-
-def policy_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for :class:`MLKVActorCriticPolicy` from the model section."""
-    return {
-        "encoder": {
-            "d_model": model.d_model,
-            "window": model.window,
-            "plan": dict(model.plan),
-            "memory_layers": list(model.memory_layers),
-            "memory": dict(model.memory) or None,
-        },
-        "account_hidden": (model.account_hidden,),
-        "net_arch": list(model.net_arch),
-        "log_std_range": (model.log_std_min, model.log_std_max),
-        "log_std_init": model.log_std_init,
-    }
-
-
-def sac_policy_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """SB3 ``policy_kwargs`` for SAC's ``MultiInputPolicy``: the MLKV features extractor
-    under SAC's own squashed-Gaussian actor and twin critics."""
-    kwargs = policy_kwargs(model)
-    return {
-        "features_extractor_class": MLKVExtractor,
-        "features_extractor_kwargs": {k: kwargs[k] for k in ("encoder", "account_hidden")},
-        "net_arch": kwargs["net_arch"],
-    }
-
-
-def build_agent(config: TrainConfig, venv: VecEnv) -> BaseAlgorithm:
-    """The SB3 algorithm named by ``config.algo`` with the MLKV policy, seeded by the config."""
-    kwargs = policy_kwargs(config.model)
-    if config.algo == "ppo":
-        return MLKVPPO(
-            MLKVActorCriticPolicy,
-            venv,
-            **asdict(config.ppo),
-            policy_kwargs=kwargs,
-            seed=config.seed,
-            device=config.device,
-            verbose=0,
-        )  # PPOConfig's fields are SB3's argument names
-    sac = asdict(config.sac)
-    if not sac["ent_coef"].startswith("auto"):
-        sac["ent_coef"] = float(sac["ent_coef"])
-    return SAC(
-        "MultiInputPolicy",
-        venv,
-        **sac,
-        policy_kwargs=sac_policy_kwargs(config.model),
-        seed=config.seed,
-        device=config.device,
-        verbose=0,
-    )
-
-
-def make_venv(candles: pd.DataFrame, config: TrainConfig) -> VecEnv:
-    """The batched training env (train mode), seeded by the run's seed; rewards scaled by
-    ``config.reward_scale`` when it is not 1."""
-    env_cfg = replace(config.env, mode="train")
-    venv = MarketReplayVecEnv(candles, env_cfg, n_envs=config.n_envs, seed=config.seed)
-    return venv if config.reward_scale == 1.0 else ScaledReward(venv, config.reward_scale)
+from experiments.runs import last_checkpoint, load_run_config, new_run_dir, write_metadata
+from experiments.sweeps.backends import limit_threads
 
 
 def validation_return(agent: BaseAlgorithm, candles: pd.DataFrame, env: EnvConfig) -> float:
     """Total log return of one deterministic pass over ``candles`` (test mode)."""
-    from experiments.evaluation.passes import run_policy_passes
-
     passes = run_policy_passes(agent.policy, candles, env, n_passes=1, deterministic=True, seed=0)
     return float(passes.log_returns.sum())
 
@@ -314,12 +212,6 @@ def _python_state_from_tree(tree: dict[str, Any]) -> tuple:
     return (int(tree["version"]), tuple(int(x) for x in tree["internal"]), tree["gauss"])
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest ``checkpoints/ckpt-*.zip`` of a run, or None."""
-    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.zip"))
-    return ckpts[-1] if ckpts else None
-
-
 def train(
     config: TrainConfig | None = None,
     *,
@@ -388,10 +280,3 @@ def train(
     save_training_state(agent, run_dir / "final.zip", callback.best)
     return run_dir
 
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The resolved config saved in a run directory (validated like any YAML experiment)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml).")
-    return load_config(path)

@@ -68,3 +68,18 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
         zf.writestr("policy.pt", pickle.dumps(_Evil()))
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+def test_artifacts_have_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    from experiments.checkpoint import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "a.json", b"{}")
+        save_checkpoint(tmp_path / "c.zip", {"x": {"w": torch.zeros(2)}}, {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "c.zip").stat().st_mode & 0o777 == 0o644

@@ -65,3 +65,45 @@ def test_missing_and_invalid_yaml_files(tmp_path: Path) -> None:
 
 def test_defaults_are_a_valid_config() -> None:
     assert load_config(None) == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "match"),
+    [
+        ("model.plan={kind: mlkvv, n_layers: 3}", "model.plan", "unknown kind 'mlkvv'"),
+        ("model.plan={kind: mha, n_layers: 3}", "model.plan", "missing \\['n_heads'\\]"),
+        ("env.window=20", "model.window", "receptive field is 46 bars .* env.window >= 46"),
+        ("model.window=60", "model.window", "receptive field is 178 bars"),
+        ("model.d_model=60", "model", "divisible by plan.n_heads"),
+        ("name=../x", "name", "plain relative name"),
+        ("name=/tmp/x", "name", "plain relative name"),
+        ("name=a/../../x", "name", "plain relative name"),
+    ],
+)
+def test_bad_model_and_name_fail_at_load(override: str, key: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(None, [override])
+    assert info.value.key == key
+
+
+def test_model_section_is_typed() -> None:
+    from models import KVSharingPlan
+
+    cfg = load_config(None, ["model.plan={kind: cla, n_layers: 4, n_heads: 4, n_kv_heads: 2, "
+                             "share_every: 2}", "model.window=8"])
+    assert cfg.model.plan == KVSharingPlan.cla(4, 4, 2, 2)
+    assert cfg.model.encoder().receptive_field == cfg.model.receptive_field == 2 * 7 + 1
+    assert config_from_dict(yaml.safe_load(config_to_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("override", ["name=../escape", "model.plan={kind: nope}",
+                                      "env.window=8"])
+def test_cli_refuses_a_bad_config_before_any_directory(tmp_path: Path, capsys,
+                                                       override: str) -> None:
+    from experiments.cli import main
+
+    root = tmp_path / "runs"
+    rc = main(["train", "--config", str(CONFIGS[0]), "--set", override,
+               "--runs-root", str(root), "--no-progress"])
+    assert rc == 2 and "error:" in capsys.readouterr().err
+    assert not root.exists() and not (tmp_path / "escape").exists()

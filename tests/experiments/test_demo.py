@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from evaluation.report import SECTIONS
 from experiments.cli import main
-from experiments.evaluation.report import SECTIONS
 
 
 def test_demo_smoke_writes_report_and_json(tmp_path: Path, capsys) -> None:

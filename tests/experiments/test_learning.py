@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from evaluation import backtest
 from experiments.demo import demo_config, run_demo
-from experiments.evaluation.backtest import backtest
-from experiments.train import build_agent, load_split, make_venv
+from experiments.factory import build_agent, load_split, make_venv
 
 pytestmark = pytest.mark.slow
 

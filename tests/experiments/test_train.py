@@ -10,11 +10,13 @@ import torch
 import yaml
 from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
 
+from evaluation import backtest
 from experiments.checkpoint import CheckpointError, load_checkpoint
 from experiments.config import load_config
-from experiments.evaluation.backtest import backtest
-from experiments.evaluation.runs import load_policy
-from experiments.train import TrainingDivergedError, load_split, train
+from experiments.errors import TrainingDivergedError
+from experiments.factory import load_split
+from experiments.runs import load_policy
+from experiments.train import train
 
 TINY = [
     "name=tiny", "n_envs=2", "total_steps=256", "reward_scale=100",

@@ -1,0 +1,333 @@
+"""Backtest one or many trained policies across K stochastic passes, judge, and summarise.
+
+For each policy (one per training seed) :func:`backtest` runs, over the same test bars and
+costs: K stochastic passes (sampled actions), one deterministic pass (the mean), and K
+**exposure-matched random** passes (the policy's own |position| path with a random sign at
+every bar: same exposure, random direction and timing, no skill); plus
+flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
+policy encodes the test series once and shares it across its K passes. The verdict comes
+from :func:`evaluation.verdict.judge` on those arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from envs import EnvConfig
+
+from . import stats
+from .passes import PassResult, ScheduledActions, run_policy_passes
+from .verdict import Verdict, VerdictConfig, judge
+
+FORMAT = "mlkv-trader-backtest"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SeedPasses:
+    """Everything run for one policy: K stochastic, 1 deterministic, K random passes."""
+
+    name: str  # run directory or a label
+    stochastic: PassResult  # [K, N]
+    deterministic: PassResult  # [1, N]
+    random: PassResult  # [K, N] exposure-matched random passes
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """All passes of all policies over one test period, the baselines and the verdict."""
+
+    seeds: list[SeedPasses]
+    buy_and_hold: PassResult  # [1, N]
+    flat: PassResult  # [1, N]
+    price: np.ndarray  # float64 [N] close of the bar each step is marked at
+    verdict: Verdict
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def times(self) -> pd.DatetimeIndex:
+        return self.buy_and_hold.times
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON document written as ``backtest.json`` (see :func:`summarise`)."""
+        return summarise(self)
+
+
+def exposure_matched_random(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random-direction copies of position paths: ``|p_t| * eps_t``, ``eps_t`` iid +-1.
+
+    Same exposure profile as the policy (and so the same scale of per-bar risk), random
+    direction and timing: the null the verdict's dispersion test was calibrated against
+    (``experiments/studies/calibrate_verdict.py``).
+
+    Args:
+        positions: ``[K, N]`` positions of K passes.
+        rng: the generator of the random signs.
+
+    Returns:
+        ``[K, N]`` target positions for the random passes.
+    """
+    return np.abs(positions) * rng.choice(np.array([-1.0, 1.0]), size=positions.shape)
+
+
+def backtest(
+    policies: Any,
+    candles: pd.DataFrame,
+    *,
+    passes: int,
+    env_config: EnvConfig,
+    seed: int = 0,
+    names: list[str] | None = None,
+    verdict_config: VerdictConfig | None = None,
+    on_policy_done: Any = None,
+) -> BacktestResult:
+    """Backtest policies across ``passes`` stochastic passes each, plus baselines, and judge.
+
+    The same as :func:`policy_passes` for each policy (index ``i``) followed by
+    :func:`combine`, which is how a distributed backtest runs it, with the same numbers.
+
+    Args:
+        policies: one policy or a list (one per training seed): MLKV policies, SB3
+            algorithms (their ``.policy`` is used) or anything with
+            ``predict(obs, deterministic=...)``. Load run directories first with
+            :func:`experiments.runs.load_policy`.
+        candles: the test period.
+        passes: K >= 2 stochastic passes (and K random passes) per policy.
+        env_config: costs and window of the env; ``mode`` is forced to ``"test"``.
+        seed: seeds the sampled actions and the random passes; same seed, same result.
+        names: a label per policy (default ``policy-<i>``).
+        verdict_config: thresholds of the verdict.
+        on_policy_done: optional callback ``(index, name) -> None`` for progress display.
+    """
+    policies = list(policies) if isinstance(policies, (list, tuple)) else [policies]
+    if not policies:
+        raise ValueError("backtest needs at least one policy.")
+    names = names or [f"policy-{i}" for i in range(len(policies))]
+    if len(names) != len(policies):
+        raise ValueError(f"got {len(names)} names for {len(policies)} policies.")
+    seeds = []
+    for i, (name, policy) in enumerate(zip(names, policies, strict=True)):
+        seeds.append(
+            policy_passes(
+                policy, candles, index=i, passes=passes, env_config=env_config, seed=seed,
+                name=name,
+            )
+        )
+        if on_policy_done is not None:
+            on_policy_done(i, name)
+    return combine(seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config)
+
+
+def _scheduled(
+    actions: np.ndarray, candles: pd.DataFrame, env_config: EnvConfig, seed: int
+) -> PassResult:
+    """Passes that follow fixed target positions, ``[n_passes, n_bars]`` (or broadcast)."""
+    return run_policy_passes(
+        ScheduledActions(actions),
+        candles,
+        _test_env(env_config),
+        n_passes=actions.shape[0],
+        deterministic=True,
+        seed=seed,
+    )
+
+
+def _test_env(env_config: EnvConfig) -> EnvConfig:
+    return env_config.replace(mode="test", action="continuous")
+
+
+def policy_passes(
+    policy: Any,
+    candles: pd.DataFrame,
+    *,
+    index: int,
+    passes: int,
+    env_config: EnvConfig,
+    seed: int = 0,
+    name: str | None = None,
+) -> SeedPasses:
+    """One policy's K stochastic passes, its deterministic pass and K random passes.
+
+    Seeded by ``(seed, index)`` alone, so policy ``index`` of a set gets the same passes
+    whether the set runs in one process or as one task per policy.
+
+    Args:
+        policy: as in :func:`backtest`.
+        candles: the test period.
+        index: the policy's position in its set.
+        passes: K >= 2.
+        env_config: costs and window of the env; ``mode`` is forced to ``"test"``.
+        seed: the backtest's seed.
+        name: its label (default ``policy-<index>``).
+    """
+    if int(passes) != passes or passes < 2:
+        raise ValueError(
+            f"passes must be an integer >= 2 (K passes make a dispersion), got {passes}."
+        )
+    policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
+    # K stochastic passes and the deterministic one (last row) in one lockstep run
+    both = run_policy_passes(
+        policy,
+        candles,
+        _test_env(env_config),
+        n_passes=passes + 1,
+        deterministic=np.arange(passes + 1) == passes,
+        seed=seed + 7919 * (index + 1),
+    )
+    sto, det = both.rows(slice(0, passes)), both.rows(slice(passes, None))
+    rng = np.random.default_rng([seed, index])
+    rnd = _scheduled(exposure_matched_random(sto.positions, rng), candles, env_config, seed)
+    return SeedPasses(name or f"policy-{index}", sto, det, rnd)
+
+
+def combine(
+    seeds: list[SeedPasses],
+    candles: pd.DataFrame,
+    *,
+    env_config: EnvConfig,
+    seed: int = 0,
+    verdict_config: VerdictConfig | None = None,
+) -> BacktestResult:
+    """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes."""
+    buy_and_hold = _scheduled(np.ones((1, 1)), candles, env_config, seed)  # always +1
+    flat = _scheduled(np.zeros((1, 1)), candles, env_config, seed)
+    n_steps = buy_and_hold.log_returns.shape[1]
+    verdict = judge(
+        np.stack([s.stochastic.log_returns for s in seeds]),
+        np.stack([s.random.log_returns for s in seeds]),
+        buy_and_hold.log_returns[0],
+        np.stack([s.stochastic.positions for s in seeds]),
+        verdict_config,
+    )
+    price = candles["close"].to_numpy(dtype=np.float64)[-n_steps:]
+    settings = {
+        "passes": seeds[0].stochastic.n_passes,
+        "seed": seed,
+        "env": _test_env(env_config).to_dict(),
+        "n_bars": n_steps,
+        "policies": [s.name for s in seeds],
+    }
+    return BacktestResult(seeds, buy_and_hold, flat, price, verdict, settings)
+
+
+def _band(cum: np.ndarray) -> dict[str, list[float]]:
+    q = np.quantile(cum, [0.05, 0.5, 0.95], axis=0)
+    return {"q05": _round(q[0]), "q50": _round(q[1]), "q95": _round(q[2])}
+
+
+def _round(x: np.ndarray) -> list[float]:
+    return [float(v) for v in np.round(np.asarray(x, dtype=np.float64), 7)]
+
+
+def _metrics(p: PassResult, i: int, trial_sharpes: np.ndarray | None = None) -> dict[str, float]:
+    return stats.pass_metrics(
+        p.log_returns[i],
+        p.positions[i],
+        p.costs[i],
+        timestamps=p.times,
+        trial_sharpes=trial_sharpes,
+    )
+
+
+def _mean_metrics(p: PassResult) -> dict[str, float]:
+    rows = [_metrics(p, i) for i in range(p.n_passes)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def summarise(result: BacktestResult) -> dict[str, Any]:
+    """Every number of a backtest as a JSON-ready dict: bands, pass totals, metrics, verdict."""
+    seeds = result.seeds
+    policy_cum = np.concatenate([np.cumsum(s.stochastic.log_returns, axis=1) for s in seeds])
+    random_cum = np.concatenate([np.cumsum(s.random.log_returns, axis=1) for s in seeds])
+    trial_sharpes = np.array(
+        [stats.return_moments(r)[0] for s in seeds for r in s.stochastic.log_returns]
+    )
+    rows = []
+    for s in seeds:
+        rows.append(
+            {
+                "name": f"{s.name} (deterministic)",
+                "metrics": _metrics(s.deterministic, 0, trial_sharpes),
+            }
+        )
+        rows.append(
+            {
+                "name": f"{s.name} (mean of {s.stochastic.n_passes} passes)",
+                "metrics": _mean_metrics(s.stochastic),
+            }
+        )
+        rows.append({"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random)})
+    rows.append({"name": "buy-and-hold", "metrics": _metrics(result.buy_and_hold, 0)})
+    rows.append({"name": "flat", "metrics": _metrics(result.flat, 0)})
+    seed_means = np.array([s.stochastic.log_returns.sum(axis=1).mean() for s in seeds])
+    random_totals = np.concatenate([s.random.log_returns.sum(axis=1) for s in seeds])
+    if len(seeds) > 1:
+        iqm, lo, hi = stats.iqm_ci(seed_means, rng=0)
+    else:
+        iqm, lo, hi = float(seed_means[0]), np.nan, np.nan
+    across = {
+        "iqm": iqm,
+        "iqm_ci": [float(lo), float(hi)],
+        "poi_vs_random": stats.probability_of_improvement(
+            np.concatenate([s.stochastic.log_returns.sum(axis=1) for s in seeds]), random_totals
+        ),
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": result.settings,
+        "policies": [s.name for s in seeds],
+        "verdict": result.verdict.to_dict(),
+        "series": {
+            "times": [t.isoformat() for t in result.times],
+            "price": _round(result.price),
+            "buy_and_hold": _round(np.cumsum(result.buy_and_hold.log_returns[0])),
+            "policy_band": _band(policy_cum),
+            "random_band": _band(random_cum),
+            "deterministic": [_round(np.cumsum(s.deterministic.log_returns[0])) for s in seeds],
+            "sigma": [
+                _round(np.nanmean(s.stochastic.sigma, axis=0))
+                if np.isfinite(s.stochastic.sigma).any()
+                else []
+                for s in seeds
+            ],
+        },
+        "pass_totals": {
+            "policy": [_round(s.stochastic.log_returns.sum(axis=1)) for s in seeds],
+            "random": [_round(s.random.log_returns.sum(axis=1)) for s in seeds],
+        },
+        "metrics": {"rows": rows, "across_seeds": across},
+    }
+
+
+def to_json(summary: dict[str, Any]) -> str:
+    """The ``backtest.json`` text of a summary (NaN/inf become null)."""
+    return json.dumps(_finite(summary), indent=1)
+
+
+def check_document(doc: Any, source: str) -> dict[str, Any]:
+    """``doc`` if it is a backtest summary (``format`` = :data:`FORMAT`), else a clear error.
+
+    Raises:
+        ValueError: naming ``source`` (e.g. the file it was read from).
+    """
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{source}: not an mlkv-trader backtest.json (format != {FORMAT!r}).")
+    return doc
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x

@@ -1,0 +1,217 @@
+"""Backtest trained runs: load their policies, run the evaluator, write JSON + HTML.
+
+:func:`backtest_runs` is what ``mlkv-trader backtest`` calls: in this process by default, or
+one task per run on a backend (:mod:`experiments.sweeps.backtest`), with equal results.
+:func:`compare_backtests` is ``mlkv-trader compare``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from rich.markup import escape
+from rich.table import Table
+
+from evaluation import BacktestResult, backtest, stats
+from experiments.factory import SPLITS, candles_to_test
+from experiments.progress import console
+from experiments.runs import default_out, load_policy, load_run_config, publish, read_json
+
+if TYPE_CHECKING:
+    from experiments.sweeps.backends import Backend
+
+
+@dataclass(frozen=True)
+class BacktestRequest:
+    """What to backtest and where to write it (the flags of ``mlkv-trader backtest``)."""
+
+    runs: tuple[Path, ...]
+    """Run directories, one per training seed (sweeps already expanded)."""
+    passes: int = 50
+    """Stochastic passes K per run (>= 2)."""
+    data: str | None = None
+    """Candles to test on (embedded name or file); None: the first run's own data."""
+    split: Literal["test", "validation", "all"] = "test"
+    """Part of the data to test on."""
+    checkpoint: Literal["best", "final"] = "best"
+    """Which checkpoint of each run."""
+    seed: int = 0
+    """Seed of the sampled actions and the random passes."""
+    out: Path | None = None
+    """Output folder (None: the run directory, or the runs' common parent)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
+        if not self.runs:
+            raise ValueError("no finished runs to backtest.")
+        if self.passes < 2:
+            raise ValueError(
+                f"--passes must be >= 2 (the verdict compares passes), got {self.passes}."
+            )
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
+
+
+@dataclass(frozen=True)
+class BacktestOutcome:
+    """A finished backtest: the summary written to ``backtest.json``, and where."""
+
+    summary: dict[str, Any]
+    json_path: Path
+    report_path: Path
+    failed: dict[str, str] = field(default_factory=dict)  # run -> error (backend runs only)
+
+
+def backtest_runs(
+    request: BacktestRequest,
+    backend: Backend | None = None,
+    *,
+    attempts: int = 2,
+    show_progress: bool = True,
+) -> BacktestOutcome | None:
+    """Backtest ``request.runs`` together, judge them, write ``backtest.json`` + ``report.html``
+    and print the verdict.
+
+    Args:
+        request: runs, passes, data, split, checkpoint, seed and output folder.
+        backend: None runs in this process; a backend runs one task per run.
+        attempts: tries per run on a backend.
+        show_progress: draw progress.
+
+    Returns:
+        The outcome, or None when every run failed on the backend (nothing is written).
+    """
+    configs = [load_run_config(r) for r in request.runs]
+    windows = {c.env.window for c in configs}
+    if len(windows) > 1:
+        raise ValueError(
+            f"the runs use different env windows {sorted(windows)}; backtest runs "
+            "of one experiment together."
+        )
+    failed: dict[Path, str] = {}
+    if backend is None:
+        result = _in_process(request, configs[0], show_progress)
+    else:
+        from experiments.sweeps.backtest import backtest_on
+
+        result, failed = backtest_on(
+            list(request.runs),
+            backend,
+            passes=request.passes,
+            seed=request.seed,
+            data=request.data,
+            split=request.split,
+            prefer=request.checkpoint,
+            attempts=attempts,
+            show_progress=show_progress,
+        )
+        if result is None:
+            console.print("[red]every run failed; no report written.")
+            return None
+    summary = result.summary()
+    summary["settings"].update(
+        {
+            "split": request.split,
+            "data": request.data or configs[0].data.source,
+            "checkpoint": request.checkpoint,
+        }
+    )
+    if backend is not None:
+        summary["settings"]["failed_runs"] = {str(k): v for k, v in failed.items()}
+    json_path, report_path = publish(summary, request.out or default_out(list(request.runs)))
+    print_summary(summary, json_path, report_path)
+    if failed:
+        console.print(
+            f"[red]{len(failed)} run(s) failed and are left out of the verdict: "
+            + escape("; ".join(f"{k}: {v}" for k, v in failed.items()))
+        )
+    return BacktestOutcome(summary, json_path, report_path, {str(k): v for k, v in failed.items()})
+
+
+def _in_process(request: BacktestRequest, config: Any, show_progress: bool) -> BacktestResult:
+    candles = candles_to_test(config, request.data, request.split)
+    policies = [load_policy(r, candles=candles, prefer=request.checkpoint)[0] for r in request.runs]
+    names = [str(r) for r in request.runs]
+    console.print(
+        f"backtesting {len(policies)} run(s) x {request.passes} passes over "
+        f"{len(candles):,} bars ({request.split} split)"
+    )
+    with console.status("running passes...") as status:
+        return backtest(
+            policies,
+            candles,
+            passes=request.passes,
+            env_config=config.env,
+            seed=request.seed,
+            names=names,
+            on_policy_done=lambda i, n: status.update(f"run {i + 1}/{len(names)} done: {n}"),
+        )
+
+
+def print_summary(
+    summary: dict[str, Any], json_path: Path | None = None, report_path: Path | None = None
+) -> None:
+    """The verdict, its checks, a per-run table and where the files are, printed with rich."""
+    v = summary["verdict"]
+    colour = {"LEARNED": "green", "RANDOM": "red"}.get(v["label"], "yellow")
+    console.print(f"\nverdict: [bold {colour}]{v['label']}[/]  {escape(v['explanation'])}")
+    checks = Table(title="checks")
+    for col in ("check", "statistic", "p-value", "threshold", "pass"):
+        checks.add_column(col)
+    for c in v["checks"].values():
+        checks.add_row(
+            escape(c["name"]),
+            _f(c["statistic"]),
+            _f(c["p_value"]),
+            _f(c["threshold"]),
+            "yes" if c["passed"] else "no",
+        )
+    console.print(checks)
+    table = Table(title="per run (log returns over the test period)")
+    for col in ("run", "total", "sharpe", "max dd", "turnover", "psr"):
+        table.add_column(col)
+    for row in summary["metrics"]["rows"]:
+        m = row["metrics"]
+        table.add_row(
+            escape(row["name"]),
+            _f(m["total_log_return"]),
+            _f(m["sharpe"]),
+            _f(m["max_drawdown"]),
+            _f(m["turnover"]),
+            _f(m["psr"]),
+        )
+    console.print(table)
+    for what, path in (("backtest", json_path), ("report", report_path)):
+        if path is not None:
+            console.print(f"{what}: [bold]{escape(str(path))}[/bold]")
+
+
+def _f(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def seed_means(doc: dict[str, Any]) -> np.ndarray:
+    """Mean total log return of the stochastic passes, one per run: ``[n_runs]``."""
+    return np.array([np.mean(p) for p in doc["pass_totals"]["policy"]], dtype=np.float64)
+
+
+def compare_backtests(a: Path, b: Path) -> float:
+    """Print the IQM (95% CI) of each set and return the probability that A improves on B."""
+    ma, mb = seed_means(read_json(a)), seed_means(read_json(b))
+    table = Table(title="per-run mean pass log return")
+    for col in ("set", "runs", "IQM", "95% CI"):
+        table.add_column(col)
+    for name, x in ((str(a), ma), (str(b), mb)):
+        if x.size > 1:
+            iqm, lo, hi = stats.iqm_ci(x, rng=0)
+            ci = f"{lo:+.4f} .. {hi:+.4f}"
+        else:
+            iqm, ci = float(x[0]), "- (one run)"
+        table.add_row(escape(name), str(x.size), f"{iqm:+.4f}", ci)
+    console.print(table)
+    p = stats.probability_of_improvement(ma, mb)
+    console.print(f"P(A > B) = {p:.3f}")
+    return p
