@@ -2,8 +2,9 @@
 
 For each policy (one per training seed) :func:`backtest` runs, over the same test bars and
 costs: K stochastic passes (sampled actions), one deterministic pass (the mean), and K
-**exposure-matched random** passes (the policy's own |position| path with a random sign at
-every bar: same exposure, random direction and timing, no skill); plus
+**exposure-matched random** passes (the policy's own |position| path with its own
+direction pattern shifted to a random time: same exposure and turnover, random timing, no
+skill; :func:`exposure_matched_random`); plus
 flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
 policy encodes the test series once and shares it across its K passes. The verdict comes
 from :func:`evaluation.verdict.judge` on those arrays.
@@ -60,20 +61,42 @@ class BacktestResult:
 
 
 def exposure_matched_random(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random-direction copies of position paths: ``|p_t| * eps_t``, ``eps_t`` iid +-1.
+    """Random-timing copies of position paths, matched on exposure *and* turnover.
 
-    Same exposure profile as the policy (and so the same scale of per-bar risk), random
-    direction and timing: the null the verdict's dispersion test was calibrated against
-    (``experiments/studies/calibrate_verdict.py``).
+    Row ``k``: ``|p_t| * b * d_{(t - u) mod N}``, where ``d_t`` is the sign of the row's own
+    positions (zeros take the previous non-zero sign), circularly shifted by a random
+    ``u`` in ``1..N-1`` and flipped by a random sign ``b``. So each random pass holds the
+    policy's exposure ``|p_t|`` bar by bar, changes direction as often as the policy does
+    (the same holding runs, one more at most at the wrap), and pays about the same costs;
+    only its timing is random. A sign drawn independently per bar instead flips every
+    other bar and pays ~1 unit of turnover per bar, so the random band would measure costs
+    rather than timing (issue 15). Shifting a path against the returns keeps its own
+    autocorrelation: the random-timing idea of the verdict's circular-shift test
+    (Lotwick & Silverman 1982).
 
     Args:
         positions: ``[K, N]`` positions of K passes.
-        rng: the generator of the random signs.
+        rng: the generator of the shifts and signs.
 
     Returns:
         ``[K, N]`` target positions for the random passes.
     """
-    return np.abs(positions) * rng.choice(np.array([-1.0, 1.0]), size=positions.shape)
+    p = np.asarray(positions, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"positions must have shape [K, N]; got {p.shape}.")
+    k, n = p.shape
+    sign = np.sign(p)
+    # zeros take the previous non-zero sign (leading zeros the first one; all zero: +1)
+    idx = np.where(sign != 0.0, np.arange(n)[None, :], -1)
+    idx = np.maximum.accumulate(idx, axis=1)
+    first = np.argmax(sign != 0.0, axis=1)
+    idx = np.where(idx < 0, first[:, None], idx)
+    direction = np.take_along_axis(sign, idx, axis=1)
+    direction = np.where(direction == 0.0, 1.0, direction)
+    shift = rng.integers(1, n, size=k) if n > 1 else np.zeros(k, dtype=np.int64)
+    flip = rng.choice(np.array([-1.0, 1.0]), size=k)
+    cols = (np.arange(n)[None, :] - shift[:, None]) % n
+    return np.abs(p) * flip[:, None] * np.take_along_axis(direction, cols, axis=1)
 
 
 def backtest(
