@@ -24,7 +24,7 @@ from envs import EnvConfig
 
 from . import stats
 from .passes import PassResult, ScheduledActions, run_policy_passes
-from .verdict import Verdict, VerdictConfig, judge
+from .verdict import Sample, Verdict, VerdictConfig, judge
 
 FORMAT = "mlkv-trader-backtest"
 VERSION = 1
@@ -109,6 +109,9 @@ def backtest(
     names: list[str] | None = None,
     verdict_config: VerdictConfig | None = None,
     on_policy_done: Any = None,
+    sample: Sample | None = None,
+    bars_per_year: float | None = None,
+    period: int | None = None,
 ) -> BacktestResult:
     """Backtest policies across ``passes`` stochastic passes each, plus baselines, and judge.
 
@@ -127,6 +130,12 @@ def backtest(
         names: a label per policy (default ``policy-<i>``).
         verdict_config: thresholds of the verdict.
         on_policy_done: optional callback ``(index, name) -> None`` for progress display.
+        sample: which split the candles are and how the checkpoints were chosen (see
+            :class:`evaluation.verdict.Sample`); None: an untouched test split, one trial.
+        bars_per_year: annualisation; None infers it from the candles' frequency
+            (:func:`evaluation.stats.infer_bars_per_year`). Pass the whole dataset's value.
+        period: calendar cycle of the random-timing null in bars; None detects it from the
+            timestamps (:func:`evaluation.stats.seasonal_period`: 24 for H1, 5 for daily).
     """
     policies = list(policies) if isinstance(policies, (list, tuple)) else [policies]
     if not policies:
@@ -144,7 +153,10 @@ def backtest(
         )
         if on_policy_done is not None:
             on_policy_done(i, name)
-    return combine(seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config)
+    return combine(
+        seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config,
+        sample=sample, bars_per_year=bars_per_year, period=period,
+    )
 
 
 def _scheduled(
@@ -216,17 +228,31 @@ def combine(
     env_config: EnvConfig,
     seed: int = 0,
     verdict_config: VerdictConfig | None = None,
+    sample: Sample | None = None,
+    bars_per_year: float | None = None,
+    period: int | None = None,
 ) -> BacktestResult:
-    """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes."""
+    """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes.
+
+    ``sample``, ``bars_per_year`` and ``period`` as in :func:`backtest`.
+    """
     buy_and_hold = _scheduled(np.ones((1, 1)), candles, env_config, seed)  # always +1
     flat = _scheduled(np.zeros((1, 1)), candles, env_config, seed)
     n_steps = buy_and_hold.log_returns.shape[1]
+    times = buy_and_hold.times
+    if period is None:
+        period = min(stats.seasonal_period(times), max(1, n_steps // 2))
+    if bars_per_year is None:
+        bars_per_year = stats.infer_bars_per_year(times)
+    smp = sample if sample is not None else Sample()
     verdict = judge(
         np.stack([s.stochastic.log_returns for s in seeds]),
         np.stack([s.random.log_returns for s in seeds]),
         buy_and_hold.log_returns[0],
         np.stack([s.stochastic.positions for s in seeds]),
         verdict_config,
+        period=period,
+        sample=smp,
     )
     price = candles["close"].to_numpy(dtype=np.float64)[-n_steps:]
     settings = {
@@ -235,6 +261,13 @@ def combine(
         "env": _test_env(env_config).to_dict(),
         "n_bars": n_steps,
         "policies": [s.name for s in seeds],
+        "bars_per_year": float(bars_per_year),
+        "timing_period": int(period),
+        "split": smp.split,
+        "checkpoint": smp.checkpoint,
+        "selected_on": smp.selected_on,
+        "n_trials": smp.n_trials,
+        "in_sample": smp.in_sample,
     }
     return BacktestResult(seeds, buy_and_hold, flat, price, verdict, settings)
 
@@ -248,19 +281,63 @@ def _round(x: np.ndarray) -> list[float]:
     return [float(v) for v in np.round(np.asarray(x, dtype=np.float64), 7)]
 
 
-def _metrics(p: PassResult, i: int, trial_sharpes: np.ndarray | None = None) -> dict[str, float]:
-    return stats.pass_metrics(
-        p.log_returns[i],
-        p.positions[i],
-        p.costs[i],
-        timestamps=p.times,
-        trial_sharpes=trial_sharpes,
+def _metrics(
+    p: PassResult, i: int, bars_per_year: float, trials: tuple[int, float] | None = None
+) -> dict[str, float]:
+    m = stats.pass_metrics(
+        p.log_returns[i], p.positions[i], p.costs[i], bars_per_year=bars_per_year
     )
+    if trials is not None:  # DSR against the real trials, not the K passes
+        n_trials, sr_var = trials
+        m["dsr"] = stats.deflated_sharpe_ratio(
+            m["sharpe_per_bar"], int(m["n_bars"]), n_trials=n_trials, sr_variance=sr_var,
+            skew=m["skew"], kurtosis=m["kurtosis"],
+        )
+    return m
 
 
-def _mean_metrics(p: PassResult) -> dict[str, float]:
-    rows = [_metrics(p, i) for i in range(p.n_passes)]
+def _mean_metrics(p: PassResult, bars_per_year: float) -> dict[str, float]:
+    rows = [_metrics(p, i, bars_per_year) for i in range(p.n_passes)]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def trial_sharpe_variance(seed_sharpes: np.ndarray, n_bars: int) -> float:
+    """Variance ``V`` of the trials' per-bar Sharpe ratios for the Deflated Sharpe Ratio.
+
+    The across-seed variance of the deterministic passes' per-bar Sharpe ratios (seeds are
+    trials of the same configuration), but never below ``1 / (n_bars - 1)``, the sampling
+    variance of a per-bar Sharpe estimate under the null of no skill (Lo 2002, "The
+    Statistics of Sharpe Ratios", FAJ 58(4)); with one seed that floor is used alone.
+    Bailey & Lopez de Prado (2014) estimate ``V`` across the trials they deflate for.
+    """
+    floor = 1.0 / max(n_bars - 1, 1)
+    finite = seed_sharpes[np.isfinite(seed_sharpes)]
+    if finite.size < 2:
+        return floor
+    return max(float(np.var(finite, ddof=1)), floor)
+
+
+def random_null_match(seeds: list[SeedPasses]) -> dict[str, Any]:
+    """What the random passes match: mean exposure and turnover, policy vs random passes."""
+    pol = [s.stochastic for s in seeds]
+    rnd = [s.random for s in seeds]
+
+    def mean_of(fn: Any, passes: list[PassResult]) -> float:
+        return float(np.mean([fn(p.positions[i]) for p in passes for i in range(p.n_passes)]))
+
+    return {
+        "design": (
+            "each random pass holds the policy pass's exposure |p_t| bar by bar with the "
+            "pass's own direction pattern shifted to a random time (and flipped at random): "
+            "same exposure, same number of direction changes, random timing"
+        ),
+        "policy_exposure": mean_of(stats.exposure, pol),
+        "random_exposure": mean_of(stats.exposure, rnd),
+        "policy_turnover": mean_of(stats.turnover, pol),
+        "random_turnover": mean_of(stats.turnover, rnd),
+        "policy_costs": float(np.mean([p.costs.sum(axis=1).mean() for p in pol])),
+        "random_costs": float(np.mean([p.costs.sum(axis=1).mean() for p in rnd])),
+    }
 
 
 def summarise(result: BacktestResult) -> dict[str, Any]:
@@ -268,26 +345,32 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
     seeds = result.seeds
     policy_cum = np.concatenate([np.cumsum(s.stochastic.log_returns, axis=1) for s in seeds])
     random_cum = np.concatenate([np.cumsum(s.random.log_returns, axis=1) for s in seeds])
-    trial_sharpes = np.array(
-        [stats.return_moments(r)[0] for s in seeds for r in s.stochastic.log_returns]
+    bpy = result.settings.get("bars_per_year") or stats.infer_bars_per_year(result.times)
+    n_bars = result.buy_and_hold.log_returns.shape[1]
+    seed_sharpes = np.array(
+        [stats.return_moments(s.deterministic.log_returns[0])[0] for s in seeds]
     )
+    # the trials behind the selection: configs x checkpoints x seeds (recorded by the runs),
+    # at least the seeds judged here; the K passes of one policy are not trials
+    n_trials = max(int(result.settings.get("n_trials") or 1), len(seeds))
+    trials = (n_trials, trial_sharpe_variance(seed_sharpes, n_bars))
     rows = []
     for s in seeds:
         rows.append(
             {
                 "name": f"{s.name} (deterministic)",
-                "metrics": _metrics(s.deterministic, 0, trial_sharpes),
+                "metrics": _metrics(s.deterministic, 0, bpy, trials),
             }
         )
         rows.append(
             {
                 "name": f"{s.name} (mean of {s.stochastic.n_passes} passes)",
-                "metrics": _mean_metrics(s.stochastic),
+                "metrics": _mean_metrics(s.stochastic, bpy),
             }
         )
-        rows.append({"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random)})
-    rows.append({"name": "buy-and-hold", "metrics": _metrics(result.buy_and_hold, 0)})
-    rows.append({"name": "flat", "metrics": _metrics(result.flat, 0)})
+        rows.append({"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random, bpy)})
+    rows.append({"name": "buy-and-hold", "metrics": _metrics(result.buy_and_hold, 0, bpy)})
+    rows.append({"name": "flat", "metrics": _metrics(result.flat, 0, bpy)})
     seed_means = np.array([s.stochastic.log_returns.sum(axis=1).mean() for s in seeds])
     random_totals = np.concatenate([s.random.log_returns.sum(axis=1) for s in seeds])
     if len(seeds) > 1:
@@ -326,7 +409,12 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
             "policy": [_round(s.stochastic.log_returns.sum(axis=1)) for s in seeds],
             "random": [_round(s.random.log_returns.sum(axis=1)) for s in seeds],
         },
-        "metrics": {"rows": rows, "across_seeds": across},
+        "metrics": {
+            "rows": rows,
+            "across_seeds": across,
+            "dsr_trials": {"n_trials": trials[0], "sr_variance": trials[1]},
+        },
+        "random_null": random_null_match(seeds),
     }
 
 

@@ -6,8 +6,11 @@ Two paths give identical results for the MLKV policy:
   by all K passes; each step only runs the small heads on ``encoded[bar_index]``;
 * per-step (generic): any object with SB3's ``predict(obs, deterministic=...)``.
 
-Stochastic passes sample ``a ~ N(mean, sigma)`` (clipped to [-1, 1]) from torch's global RNG,
-seeded per call, exactly as SB3's ``predict(deterministic=False)`` does.
+Stochastic passes sample ``a ~ N(mean, sigma)`` (clipped to [-1, 1]) exactly as SB3's
+``predict(deterministic=False)`` does, from a private copy of torch's RNG seeded per call
+(:func:`torch.random.fork_rng`): the caller's global RNG state, CPU and CUDA, is the same
+after a call as before, so a validation pass during training never resets the exploration
+noise of the training seeds (issue 15). The env draws from its own numpy generator.
 """
 
 from __future__ import annotations
@@ -68,9 +71,38 @@ def run_policy_passes(
         n_passes: K, the number of passes (envs stepped together).
         deterministic: act with the mean instead of sampling; a bool mask ``[n_passes]``
             makes only the passes it marks deterministic (the others still sample).
-        seed: seeds torch's RNG for the sampled actions (and the env).
+        seed: seeds the sampled actions (a private fork of torch's RNG; the global state
+            is left as it was) and the env.
         fast: use the encode-once path when the policy supports it.
     """
+    devices = _cuda_devices(policy)
+    with torch.random.fork_rng(devices=devices):
+        # seed only the forked generators (torch.manual_seed would also queue a seed for
+        # every CUDA device, outside the fork)
+        torch.random.default_generator.manual_seed(seed)
+        for d in devices:
+            torch.cuda.default_generators[d].manual_seed(seed)
+        return _run(policy, candles, env_config, n_passes, deterministic, seed, fast)
+
+
+def _cuda_devices(policy: Any) -> list[int]:
+    """CUDA devices the policy samples on (their RNG is forked too); [] on CPU."""
+    params = getattr(policy, "parameters", None)
+    if params is None or not torch.cuda.is_available():
+        return []
+    return sorted({p.device.index or 0 for p in params() if p.device.type == "cuda"})
+
+
+def _run(
+    policy: Any,
+    candles: pd.DataFrame,
+    env_config: EnvConfig,
+    n_passes: int,
+    deterministic: bool | np.ndarray,
+    seed: int,
+    fast: bool,
+) -> PassResult:
+    """:func:`run_policy_passes` inside its forked, seeded RNG."""
     venv = MarketReplayVecEnv(candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed)
     use_fast = fast and hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
     nan = np.full((n_passes, 1), np.nan, dtype=np.float32)
@@ -79,7 +111,6 @@ def run_policy_passes(
     sigmas: list[np.ndarray] = []
     finished = np.zeros(n_passes, dtype=bool)
     obs = venv.reset()
-    torch.manual_seed(seed)
     with torch.no_grad():
         encoded = policy.encode_bars(venv.features) if use_fast else None
         while not finished.all():

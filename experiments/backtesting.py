@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluation import BacktestResult, backtest, stats
-from experiments.factory import SPLITS, candles_to_test
+from evaluation.verdict import Sample
+from experiments.factory import SPLITS, candles_to_test, load_market
 from experiments.progress import console
 from experiments.runs import default_out, load_policy, load_run_config, publish, read_json
 
@@ -42,6 +43,10 @@ class BacktestRequest:
     """Seed of the sampled actions and the random passes."""
     out: Path | None = None
     """Output folder (None: the run directory, or the runs' common parent)."""
+    configs_tried: int = 1
+    """Configurations tried before these runs (a search): multiplies the DSR's trials."""
+    bars_per_year: float | None = None
+    """Annualisation; None: from the frequency of the whole dataset the runs trained on."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -53,6 +58,53 @@ class BacktestRequest:
             )
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
+        if self.configs_tried < 1:
+            raise ValueError(f"--configs-tried must be >= 1, got {self.configs_tried}.")
+        if self.bars_per_year is not None and not self.bars_per_year > 0:
+            raise ValueError(f"--bars-per-year must be > 0, got {self.bars_per_year}.")
+
+
+def count_trials(runs: tuple[Path, ...], checkpoint: str, configs_tried: int = 1) -> int:
+    """Trials behind the judged policies: configs x checkpoints x seeds looked at.
+
+    Per run, the checkpoints looked at on the validation split to choose ``best.zip``
+    (``selection.json``; 1 for ``final`` or a run without one); the runs of a sweep count
+    all of its seeds (``sweep.json``'s ``trials``); times ``configs_tried``.
+    """
+    from experiments.train import read_selection
+
+    per_run = []
+    for run in runs:
+        looked = int(read_selection(run).get("checkpoints_evaluated", 1) or 1)
+        per_run.append(looked if checkpoint == "best" else 1)
+    seeds = len(runs)
+    for sweep in {r.resolve().parent for r in runs}:
+        doc = read_json(sweep / "sweep.json") if (sweep / "sweep.json").is_file() else {}
+        seeds = max(seeds, int(doc.get("trials", {}).get("seeds", 0) or 0))
+    checkpoints = max(per_run) if per_run else 1
+    return int(configs_tried) * seeds * checkpoints
+
+
+def sample_of(request: BacktestRequest) -> Sample:
+    """Which bars a request judges, how its checkpoints were chosen, and the trials."""
+    return Sample(
+        split=request.split,
+        checkpoint=request.checkpoint,
+        selected_on="validation" if request.checkpoint == "best" else None,
+        n_trials=count_trials(request.runs, request.checkpoint, request.configs_tried),
+    )
+
+
+def dataset_bars_per_year(config: Any, data: str | None = None) -> float:
+    """Bars per year from the frequency of the whole dataset (not the test span)."""
+    from experiments.config import DataConfig
+
+    cfg = (
+        config.data
+        if data is None
+        else DataConfig(source=data, fractions=config.data.fractions, embargo=config.data.embargo)
+    )
+    return stats.infer_bars_per_year(load_market(cfg).index)
 
 
 @dataclass(frozen=True)
@@ -92,8 +144,10 @@ def backtest_runs(
             "of one experiment together."
         )
     failed: dict[Path, str] = {}
+    sample = sample_of(request)
+    bars_per_year = request.bars_per_year or dataset_bars_per_year(configs[0], request.data)
     if backend is None:
-        result = _in_process(request, configs[0], show_progress)
+        result = _in_process(request, configs[0], show_progress, sample, bars_per_year)
     else:
         from experiments.sweeps.backtest import backtest_on
 
@@ -107,6 +161,8 @@ def backtest_runs(
             prefer=request.checkpoint,
             attempts=attempts,
             show_progress=show_progress,
+            sample=sample,
+            bars_per_year=bars_per_year,
         )
         if result is None:
             console.print("[red]every run failed; no report written.")
@@ -131,7 +187,13 @@ def backtest_runs(
     return BacktestOutcome(summary, json_path, report_path, {str(k): v for k, v in failed.items()})
 
 
-def _in_process(request: BacktestRequest, config: Any, show_progress: bool) -> BacktestResult:
+def _in_process(
+    request: BacktestRequest,
+    config: Any,
+    show_progress: bool,
+    sample: Sample,
+    bars_per_year: float,
+) -> BacktestResult:
     candles = candles_to_test(config, request.data, request.split)
     policies = [load_policy(r, candles=candles, prefer=request.checkpoint)[0] for r in request.runs]
     names = [str(r) for r in request.runs]
@@ -148,6 +210,8 @@ def _in_process(request: BacktestRequest, config: Any, show_progress: bool) -> B
             seed=request.seed,
             names=names,
             on_policy_done=lambda i, n: status.update(f"run {i + 1}/{len(names)} done: {n}"),
+            sample=sample,
+            bars_per_year=bars_per_year,
         )
 
 
@@ -157,6 +221,10 @@ def print_summary(
     """The verdict, its checks, a per-run table and where the files are, printed with rich."""
     v = summary["verdict"]
     colour = {"LEARNED": "green", "RANDOM": "red"}.get(v["label"], "yellow")
+    if v.get("in_sample"):
+        console.print(
+            "\n[bold yellow]IN-SAMPLE[/]: " + escape(v["explanation"].splitlines()[0])
+        )
     console.print(f"\nverdict: [bold {colour}]{v['label']}[/]  {escape(v['explanation'])}")
     checks = Table(title="checks")
     for col in ("check", "statistic", "p-value", "threshold", "pass"):
@@ -198,9 +266,20 @@ def seed_means(doc: dict[str, Any]) -> np.ndarray:
     return np.array([np.mean(p) for p in doc["pass_totals"]["policy"]], dtype=np.float64)
 
 
-def compare_backtests(a: Path, b: Path) -> float:
-    """Print the IQM (95% CI) of each set and return the probability that A improves on B."""
-    ma, mb = seed_means(read_json(a)), seed_means(read_json(b))
+def compare_backtests(a: Path, b: Path, comparisons: int = 1) -> float:
+    """Print the IQM (95% CI) of each set and return the probability that A improves on B.
+
+    Args:
+        a: backtest.json of set A.
+        b: backtest.json of set B.
+        comparisons: how many comparisons were made in all (e.g. one per pair among many
+            runs); printed with a Bonferroni level, since the best of many comparisons
+            looks better than it is.
+    """
+    if comparisons < 1:
+        raise ValueError(f"--comparisons must be >= 1, got {comparisons}.")
+    da, db = read_json(a), read_json(b)
+    ma, mb = seed_means(da), seed_means(db)
     table = Table(title="per-run mean pass log return")
     for col in ("set", "runs", "IQM", "95% CI"):
         table.add_column(col)
@@ -214,4 +293,18 @@ def compare_backtests(a: Path, b: Path) -> float:
     console.print(table)
     p = stats.probability_of_improvement(ma, mb)
     console.print(f"P(A > B) = {p:.3f}")
+    trials = [d.get("settings", {}).get("n_trials") for d in (da, db)]
+    console.print(
+        f"{comparisons} comparison(s) made"
+        + (
+            f": judge each at level 0.05/{comparisons} = {0.05 / comparisons:.3g} (Bonferroni)"
+            if comparisons > 1
+            else " (pass --comparisons N when this pair is one of N compared)"
+        )
+        + f"; trials behind A and B: {trials[0] or '?'} and {trials[1] or '?'}"
+    )
+    for name, d in ((str(a), da), (str(b), db)):
+        if d.get("verdict", {}).get("in_sample"):
+            split = escape(str(d.get("settings", {}).get("split")))
+            console.print(f"[yellow]{escape(name)} is IN-SAMPLE ({split} split)")
     return p

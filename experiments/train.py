@@ -34,9 +34,30 @@ from experiments.progress import TrainProgress
 from experiments.runs import last_checkpoint, load_run_config, new_run_dir, write_metadata
 from experiments.sweeps.backends import limit_threads
 
+SELECTION = "selection.json"
+"""Per run: how many checkpoints were looked at on the validation split to choose best.zip."""
+
+
+def read_selection(run_dir: Path) -> dict[str, Any]:
+    """The run's ``selection.json`` (``{}`` when it has none: trained before issue 15)."""
+    import json
+
+    path = Path(run_dir) / SELECTION
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
 
 def validation_return(agent: BaseAlgorithm, candles: pd.DataFrame, env: EnvConfig) -> float:
-    """Total log return of one deterministic pass over ``candles`` (test mode)."""
+    """Total log return of one deterministic pass over ``candles`` (test mode).
+
+    Leaves every global RNG as it was (the pass samples from a private, seeded fork), so
+    the training seeds keep their own exploration noise after a validation.
+    """
     passes = run_policy_passes(agent.policy, candles, env, n_passes=1, deterministic=True, seed=0)
     return float(passes.log_returns.sum())
 
@@ -57,6 +78,9 @@ class TrainCallback(BaseCallback):
         self.best = -math.inf
         self.next_checkpoint = self.next_eval = 0
         self.last_good: Path | None = None
+        # checkpoints looked at on the validation split (trials behind best.zip); a resumed
+        # run continues its count
+        self.n_evaluations = int(read_selection(run_dir).get("checkpoints_evaluated", 0))
 
     def _on_training_start(self) -> None:
         n = self.model.num_timesteps
@@ -118,10 +142,24 @@ class TrainCallback(BaseCallback):
         value = validation_return(self.model, self.validation, self.config.env)
         self.logger.record("eval/validation_log_return", value)
         self.progress.validation(value)
+        self.n_evaluations += 1
         if value > self.best:
             self.best = value
             save_training_state(self.model, self.run_dir / "best.zip", self.best)
+        self._write_selection()
         return value
+
+    def _write_selection(self) -> None:
+        import json
+
+        from experiments.checkpoint import write_atomic
+
+        doc = {
+            "selected_on": "validation",
+            "checkpoints_evaluated": self.n_evaluations,
+            "best_validation_log_return": self.best if math.isfinite(self.best) else None,
+        }
+        write_atomic(self.run_dir / SELECTION, json.dumps(doc, indent=1).encode())
 
     def _check_finite(self) -> None:
         loss = self.model.logger.name_to_value.get("train/loss")

@@ -45,7 +45,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +344,7 @@ class Scenario:
     requirement: tuple[str, str, float] | None = None  # (label, "<=" or ">=", share)
     random_walk: bool = False  # no skill is possible: LEARNED must stay <= 5%
     period: int = 1  # calendar cycle the verdict is told (shifts of whole cycles)
-    sample: Sample = Sample()  # which bars the verdict is told it judges
+    sample: Sample = field(default_factory=Sample)  # which bars the verdict is told it judges
     sim: tuple[tuple[str, object], ...] = ()  # SimConfig fields this scenario changes
     timing_level: bool = False  # the random-timing test must keep its level here
 
@@ -485,10 +485,11 @@ TIMING_LEVEL_TOLERANCE = 0.015
 
 
 def requirement_status(
-    s: Scenario, t: Tally, config: VerdictConfig = VerdictConfig()
+    s: Scenario, t: Tally, config: VerdictConfig | None = None
 ) -> tuple[str, bool]:
     """Text and pass/fail of the scenario's requirements (LEARNED cap, timing level)."""
     assert t.labels is not None and t.checks is not None
+    config = config if config is not None else VerdictConfig()
     parts, ok = [], True
     if s.timing_level:
         k = t.checks["edge_vs_random_timing"]
@@ -525,8 +526,9 @@ def render(
         f"{sim.sigma_market:g}/bar (seasonal markets: hours {sim.session_hours[0]}-"
         f"{sim.session_hours[1] - 1} of a {sim.period}-bar day {sim.session_vol:g}x as volatile, "
         f"same mean variance), cost {sim.cost:g} per unit turnover; random passes matched on "
-        f"exposure and turnover. Verdict defaults: alpha = {cfg.alpha}, edge_alpha = {cfg.edge_alpha}, "
-        f"rho_max = {cfg.rho_max}, n_windows = {cfg.n_windows}, {cfg.bootstrap} bootstrap "
+        f"exposure and turnover. Verdict defaults: alpha = {cfg.alpha}, "
+        f"edge_alpha = {cfg.edge_alpha}, rho_max = {cfg.rho_max}, "
+        f"n_windows = {cfg.n_windows}, {cfg.bootstrap} bootstrap "
         f"(block n^(1/3)), n_boot = {cfg.n_boot}, min_seed_share = {cfg.min_seed_share}. "
         f"Brackets: Clopper-Pearson 95% intervals.",
         "",

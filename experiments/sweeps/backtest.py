@@ -96,6 +96,8 @@ def backtest_on(
     prefer: str = "best",
     attempts: int = 2,
     show_progress: bool = True,
+    sample: Any = None,
+    bars_per_year: float | None = None,
 ) -> tuple[BacktestResult | None, dict[Path, str]]:
     """Backtest runs as one task each on ``backend``, then judge them together.
 
@@ -140,6 +142,9 @@ def backtest_on(
     from evaluation import combine
 
     config, candles = _reference_bars(runs[0], data, split)
-    result = combine(parts, candles, env_config=config.env, seed=seed)
+    result = combine(
+        parts, candles, env_config=config.env, seed=seed, sample=sample,
+        bars_per_year=bars_per_year,
+    )
     result.settings["backend"] = backend.name
     return result, failed

@@ -226,6 +226,8 @@ class Sweep:
             "updated": _now(),
             "config": "config.yaml",
             "backend": self.backend,
+            # trials behind any choice among this sweep's runs (for the Deflated Sharpe)
+            "trials": {"configs": 1, "seeds": len(self.records)},
             "seeds": [asdict(r) for r in self.records.values()],
         }
 
