@@ -266,45 +266,70 @@ def seed_means(doc: dict[str, Any]) -> np.ndarray:
     return np.array([np.mean(p) for p in doc["pass_totals"]["policy"]], dtype=np.float64)
 
 
-def compare_backtests(a: Path, b: Path, comparisons: int = 1) -> float:
-    """Print the IQM (95% CI) of each set and return the probability that A improves on B.
+def compare_backtests(
+    paths: list[Path], comparisons: int | None = None
+) -> dict[tuple[str, str], float]:
+    """Print the IQM (95% CI) of each set and the probability of improvement of each pair.
+
+    With ``n`` sets every pair is compared: ``n (n - 1) / 2`` comparisons, and the largest
+    of many ``P(A > B)`` looks better than it is, so each pair's CI is a simultaneous
+    (Bonferroni) interval at ``1 - 0.05 / comparisons`` and the number of comparisons is
+    printed with it.
 
     Args:
-        a: backtest.json of set A.
-        b: backtest.json of set B.
-        comparisons: how many comparisons were made in all (e.g. one per pair among many
-            runs); printed with a Bonferroni level, since the best of many comparisons
-            looks better than it is.
+        paths: ``backtest.json`` of two or more sets.
+        comparisons: how many comparisons were made in all, when more were made than the
+            pairs here (e.g. earlier calls); None: the pairs here.
+
+    Returns:
+        ``P(A > B)`` for each pair ``(A, B)`` in the order given.
+
+    Raises:
+        ValueError: fewer than two sets, or ``comparisons`` below the pairs compared here.
     """
-    if comparisons < 1:
-        raise ValueError(f"--comparisons must be >= 1, got {comparisons}.")
-    da, db = read_json(a), read_json(b)
-    ma, mb = seed_means(da), seed_means(db)
+    if len(paths) < 2:
+        raise ValueError(f"compare needs at least two backtests; got {len(paths)}.")
+    pairs = [(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))]
+    total = len(pairs) if comparisons is None else comparisons
+    if total < len(pairs):
+        raise ValueError(
+            f"--comparisons must be at least the {len(pairs)} pair(s) compared here; "
+            f"got {comparisons}."
+        )
+    docs = [read_json(p) for p in paths]
+    means = [seed_means(d) for d in docs]
     table = Table(title="per-run mean pass log return")
-    for col in ("set", "runs", "IQM", "95% CI"):
+    for col in ("set", "runs", "IQM", "95% CI", "trials", "sample"):
         table.add_column(col)
-    for name, x in ((str(a), ma), (str(b), mb)):
+    for path, doc, x in zip(paths, docs, means, strict=True):
         if x.size > 1:
             iqm, lo, hi = stats.iqm_ci(x, rng=0)
             ci = f"{lo:+.4f} .. {hi:+.4f}"
         else:
             iqm, ci = float(x[0]), "- (one run)"
-        table.add_row(escape(name), str(x.size), f"{iqm:+.4f}", ci)
-    console.print(table)
-    p = stats.probability_of_improvement(ma, mb)
-    console.print(f"P(A > B) = {p:.3f}")
-    trials = [d.get("settings", {}).get("n_trials") for d in (da, db)]
-    console.print(
-        f"{comparisons} comparison(s) made"
-        + (
-            f": judge each at level 0.05/{comparisons} = {0.05 / comparisons:.3g} (Bonferroni)"
-            if comparisons > 1
-            else " (pass --comparisons N when this pair is one of N compared)"
+        settings = doc.get("settings", {})
+        in_sample = doc.get("verdict", {}).get("in_sample")
+        sample = f"IN-SAMPLE ({settings.get('split')})" if in_sample else settings.get("split", "?")
+        table.add_row(
+            escape(str(path)), str(x.size), f"{iqm:+.4f}", ci,
+            str(settings.get("n_trials", "?")), escape(str(sample)),
         )
-        + f"; trials behind A and B: {trials[0] or '?'} and {trials[1] or '?'}"
+    console.print(table)
+    level = 0.05 / total
+    out = {}
+    for i, j in pairs:
+        a, b = str(paths[i]), str(paths[j])
+        p, lo, hi = stats.probability_of_improvement_ci(
+            means[i], means[j], confidence=1.0 - level, rng=0
+        )
+        out[(a, b)] = p
+        console.print(
+            f"P({escape(a)} > {escape(b)}) = {p:.3f}  ({100 * (1 - level):.4g}% CI "
+            f"{lo:.3f} .. {hi:.3f})"
+        )
+    console.print(
+        f"{total} comparison(s) made; each CI has {100 * (1 - level):.4g}% coverage "
+        f"(Bonferroni: 0.05/{total})"
+        + ("" if total > 1 else "; pass --comparisons N when this pair is one of N compared")
     )
-    for name, d in ((str(a), da), (str(b), db)):
-        if d.get("verdict", {}).get("in_sample"):
-            split = escape(str(d.get("settings", {}).get("split")))
-            console.print(f"[yellow]{escape(name)} is IN-SAMPLE ({split} split)")
-    return p
+    return out

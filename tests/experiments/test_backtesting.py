@@ -18,7 +18,31 @@ def test_compare_prints_iqm_and_probability_of_improvement(tmp_path, capsys) -> 
         (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     out = capsys.readouterr().out
-    assert "P(A > B) = 1.000" in out and "IQM" in out
+    assert "a.json > " in out and "= 1.000" in out and "IQM" in out
+    assert "1 comparison(s) made" in out
+
+
+def test_compare_of_many_sets_says_how_many_comparisons(tmp_path, capsys) -> None:
+    names = []
+    for k, shift in enumerate((0.5, 0.0, 0.2, 0.1)):
+        doc = {"format": "mlkv-trader-backtest",
+               "pass_totals": {"policy": [[shift + i * 0.01, shift] for i in range(4)]}}
+        (tmp_path / f"s{k}.json").write_text(json.dumps(doc))
+        names.append(str(tmp_path / f"s{k}.json"))
+    assert main(["compare", *names]) == 0
+    out = capsys.readouterr().out
+    assert "6 comparison(s) made" in out and "(Bonferroni: 0.05/6)" in out
+    assert out.count(" CI ") >= 6
+    assert main(["compare", *names[:2], "--comparisons", "10"]) == 0
+    assert "10 comparison(s) made" in capsys.readouterr().out
+    assert main(["compare", *names, "--comparisons", "2"]) == 2
+    assert "at least the 6 pair(s)" in capsys.readouterr().err
+    assert main(["compare", names[0]]) == 2
+
+
+def test_compare_bad_file_is_refused(tmp_path, capsys) -> None:
+    doc = {"format": "mlkv-trader-backtest", "pass_totals": {"policy": [[0.1, 0.2]]}}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
     (tmp_path / "c.json").write_text("{}")
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 2
     assert "not an mlkv-trader backtest" in capsys.readouterr().err
@@ -27,7 +51,9 @@ def test_compare_prints_iqm_and_probability_of_improvement(tmp_path, capsys) -> 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"runs": ()}, "no finished runs"), ({"passes": 1}, "--passes must be >= 2"),
-     ({"split": "train"}, "--split must be one of")],
+     ({"split": "train"}, "--split must be one of"),
+     ({"configs_tried": 0}, "--configs-tried must be >= 1"),
+     ({"bars_per_year": 0.0}, "--bars-per-year must be > 0")],
 )
 def test_bad_request_is_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
