@@ -57,7 +57,7 @@ max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .label{display:inline-block;padding:.3rem .8rem;border-radius:.4rem;font-weight:700;
 color:#fff;font-size:1.3rem}
-.LEARNED{background:#1b7f3b}.RANDOM{background:#9b1c1c}.INCONCLUSIVE{background:#8a6d00}
+.LEARNED{background:#1b7f3b}.RANDOM{background:#9b1c1c}.INCONCLUSIVE{background:#8a6d00}.IN-SAMPLE{background:#b45309}
 .CONSISTENT-BUT-NO-EDGE{background:#1f4e8c}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
