@@ -1,6 +1,7 @@
 """Self-contained HTML report of a backtest (images embedded), from ``backtest.json``.
 
-Sections: verdict and its checks; equity band of the K passes (median, 5-95%) vs the
+Sections: verdict and its checks (with an IN-SAMPLE warning off an untouched test split);
+the random null (exposure, turnover and costs it matches, policy vs random); equity band of the K passes (median, 5-95%) vs the
 exposure-matched random band and buy-and-hold; drawdown; histogram of pass results vs random
 passes; policy sigma over time against the price; per-seed metrics; configuration.
 """
@@ -22,6 +23,7 @@ import pandas as pd
 
 SECTIONS = (
     "Verdict",
+    "Random null",
     "Equity",
     "Drawdown",
     "Pass results",
