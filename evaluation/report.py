@@ -1,9 +1,10 @@
 """Self-contained HTML report of a backtest (images embedded), from ``backtest.json``.
 
 Sections: verdict and its checks (with an IN-SAMPLE warning off an untouched test split);
-the random null (exposure, turnover and costs it matches, policy vs random); equity band of the K passes (median, 5-95%) vs the
-exposure-matched random band and buy-and-hold; drawdown; histogram of pass results vs random
-passes; policy sigma over time against the price; per-seed metrics; configuration.
+the random null (exposure, turnover and costs it matches, policy vs random); equity band
+of the K passes (median, 5-95%) vs the exposure-matched random band and buy-and-hold;
+drawdown; histogram of pass results vs random passes; policy sigma over time against the
+price; per-seed metrics; configuration.
 """
 
 from __future__ import annotations
