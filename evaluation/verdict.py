@@ -404,8 +404,10 @@ def _circular_timing(
     position path's exposure profile and autocorrelation and destroys its alignment with
     the returns: the one-dimensional case of the toroidal-shift test of Lotwick &
     Silverman (1982), "Methods for analysing spatial processes of several types of points",
-    JRSS B 44(3); restricting shifts to whole seasonal cycles is the cyclic-shift design
-    of e.g. Ebisuzaki (1997), J. Climate 10(9), for periodic series.
+    JRSS B 44(3). The whole-cycle rotations form a group that leaves a cyclostationary
+    series' distribution invariant, which is what makes the randomisation test exact (the
+    randomisation hypothesis, Lehmann & Romano 2005, "Testing Statistical Hypotheses", 3rd
+    ed., Sec. 15.2); all single-bar rotations do not.
 
     Args:
         positions: ``[R, n_bars]`` position paths.
