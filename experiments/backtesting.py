@@ -7,6 +7,7 @@ one task per run on a backend (:mod:`experiments.sweeps.backtest`), with equal r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -79,10 +80,20 @@ def count_trials(runs: tuple[Path, ...], checkpoint: str, configs_tried: int = 1
         per_run.append(looked if checkpoint == "best" else 1)
     seeds = len(runs)
     for sweep in {r.resolve().parent for r in runs}:
-        doc = read_json(sweep / "sweep.json") if (sweep / "sweep.json").is_file() else {}
-        seeds = max(seeds, int(doc.get("trials", {}).get("seeds", 0) or 0))
+        seeds = max(seeds, _sweep_seeds(sweep / "sweep.json"))
     checkpoints = max(per_run) if per_run else 1
     return int(configs_tried) * seeds * checkpoints
+
+
+def _sweep_seeds(manifest: Path) -> int:
+    """Seeds a sweep recorded as trials (0 when there is no readable ``sweep.json``)."""
+    if not manifest.is_file():
+        return 0
+    try:
+        doc = json.loads(manifest.read_text())
+        return int(doc.get("trials", {}).get("seeds", 0) or 0)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+        return 0
 
 
 def sample_of(request: BacktestRequest) -> Sample:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.backtesting import BacktestRequest
+from experiments.backtesting import BacktestRequest, count_trials, sample_of
 from experiments.cli import main
 
 
@@ -58,3 +58,39 @@ def test_compare_bad_file_is_refused(tmp_path, capsys) -> None:
 def test_bad_request_is_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         BacktestRequest(**{"runs": (Path("r"),), **kwargs})
+
+
+def _run(root: Path, name: str, evaluated: int | None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    if evaluated is not None:
+        (run / "selection.json").write_text(
+            json.dumps({"selected_on": "validation", "checkpoints_evaluated": evaluated})
+        )
+    return run
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "configs", "expected"),
+    [("best", 1, 10 * 8), ("final", 1, 10), ("best", 3, 3 * 10 * 8)],
+)
+def test_trials_count_configs_checkpoints_and_seeds(tmp_path, checkpoint, configs, expected):
+    sweep = tmp_path / "sweep"
+    runs = (_run(sweep, "seed-0", 8), _run(sweep, "seed-1", 6))
+    (sweep / "sweep.json").write_text(json.dumps({"trials": {"configs": 1, "seeds": 10}}))
+    assert count_trials(runs, checkpoint, configs) == expected
+    lone = (_run(tmp_path / "other", "r", None),)  # trained before selection.json existed
+    assert count_trials(lone, "best") == 1
+
+
+@pytest.mark.parametrize(
+    ("split", "checkpoint", "in_sample"),
+    [("test", "best", False), ("test", "final", False), ("validation", "best", True),
+     ("validation", "final", True), ("all", "best", True)],
+)
+def test_the_request_tells_the_verdict_its_sample(tmp_path, split, checkpoint, in_sample):
+    run = _run(tmp_path, "r", 5)
+    sample = sample_of(BacktestRequest(runs=(run,), split=split, checkpoint=checkpoint))
+    assert sample.in_sample is in_sample
+    assert sample.selected_on == ("validation" if checkpoint == "best" else None)
+    assert sample.n_trials == (5 if checkpoint == "best" else 1)
