@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,10 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
                    "rollout/episode_log_return", "rollout/mean_equity", "train/entropy_loss"):
         assert column in header
     assert not list(run_dir.rglob("*.tmp"))
+    # the trials behind best.zip: every checkpoint compared on the validation split
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["selected_on"] == "validation"
+    assert selection["checkpoints_evaluated"] == 2  # at step 128 and the final weights
 
 
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
