@@ -788,8 +788,8 @@ _HEADLINES = {
     ),
     INCONCLUSIVE: "INCONCLUSIVE: {why}.",
     IN_SAMPLE: (
-        "IN-SAMPLE: the statistics would say LEARNED, but {sample}, so they are no evidence "
-        "of out-of-sample skill; judge an untouched test split."
+        "IN-SAMPLE: the statistics would say LEARNED, but the bars judged are the {sample}; "
+        "that is no evidence of out-of-sample skill: judge an untouched test split."
     ),
 }
 
