@@ -130,7 +130,7 @@ def test_in_sample_backtests_are_labelled(test_candles) -> None:
     assert "turnover per pass" in page  # the report shows what the random null matches
     clean = summarise(backtest(policies, test_candles, passes=3, env_config=ENV, seed=2))
     assert clean["verdict"]["in_sample"] is False
-    assert "IN-SAMPLE" not in render_report(clean)
+    assert "IN-SAMPLE: these bars" not in render_report(clean)
     # DSR deflates for the recorded trials, not for the K passes
     det = [r for r in summary["metrics"]["rows"] if r["name"].endswith("(deterministic)")]
     det_clean = [r for r in clean["metrics"]["rows"] if r["name"].endswith("(deterministic)")]
