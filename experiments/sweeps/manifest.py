@@ -115,9 +115,16 @@ class Sweep:
 
     @classmethod
     def create(cls, config: TrainConfig, seeds: list[int], runs_root: str | Path) -> Sweep:
-        """Make ``runs_root/<name>/sweep-<timestamp>/`` with one run directory per seed."""
+        """Make ``runs_root/<name>/sweep-<timestamp>/`` with one run directory per seed.
+
+        Raises:
+            ValueError: the data source names nothing (checked before any directory exists).
+        """
         from experiments.checkpoint import write_atomic
         from experiments.config import config_to_yaml
+        from experiments.factory import check_source
+
+        check_source(config.data)
 
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         base = Path(runs_root) / config.name
