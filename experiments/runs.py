@@ -28,6 +28,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
@@ -43,6 +44,7 @@ from envs import MarketReplayEnv
 from evaluation.backtest import check_document, to_json
 from evaluation.report import render_report
 from experiments.checkpoint import (
+    TMP_SUFFIX,
     CheckpointError,
     load_checkpoint,
     remove_stale_temporaries,
@@ -269,6 +271,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             ) from err
         except OSError:
             pass  # no locks on this filesystem
+        try:  # an existing .lock opens even in a read-only folder: try a new file too
+            fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".probe.", suffix=TMP_SUFFIX)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise WriteError(
+                f"{run_dir}: cannot write in this run directory ({err.strerror or err}); "
+                "nothing was changed. Make it writable (or copy the run elsewhere) and run again."
+            ) from err
         yield
 
 
