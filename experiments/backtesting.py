@@ -200,7 +200,16 @@ def seed_means(doc: dict[str, Any]) -> np.ndarray:
 
 def compare_backtests(a: Path, b: Path) -> float:
     """Print the IQM (95% CI) of each set and return the probability that A improves on B."""
-    ma, mb = seed_means(read_json(a)), seed_means(read_json(b))
+    means = []
+    for path in (a, b):
+        try:
+            means.append(seed_means(read_json(path)))
+        except (KeyError, IndexError, TypeError) as err:  # valid JSON, damaged inside
+            raise ValueError(
+                f"{path}: damaged backtest.json ({type(err).__name__}: {err}); re-run "
+                "`mlkv-trader backtest` to write it again."
+            ) from err
+    ma, mb = means
     table = Table(title="per-run mean pass log return")
     for col in ("set", "runs", "IQM", "95% CI"):
         table.add_column(col)

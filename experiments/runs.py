@@ -213,23 +213,34 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml).")
-    config = load_config(path)
-    values = yaml.safe_load(path.read_text())
-    default = TrainConfig()
-    sections = {
-        f.name
-        for f in dataclasses.fields(default)
-        if dataclasses.is_dataclass(getattr(default, f.name))
-    }
-    missing = list(_missing_keys(values, to_dict(default), sections))
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    text = path.read_text()
+    if text and not text.endswith("\n"):  # a cut inside the last value still parses
         raise ConfigError(
             str(path),
-            f"missing key(s) {', '.join(missing[:3])}{more}: a run writes every key, so the "
-            "file is truncated or damaged. Restore it (a sweep keeps its base config.yaml) "
-            "or add the keys with their values at training time.",
+            "ends in the middle of a line: the file is truncated. Restore it (a sweep keeps "
+            "its base config.yaml).",
         )
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError:
+        values = None  # load_config below says where
+    if isinstance(values, dict):  # missing keys first: defaults would hide a truncation
+        default = TrainConfig()
+        sections = {
+            f.name
+            for f in dataclasses.fields(default)
+            if dataclasses.is_dataclass(getattr(default, f.name))
+        }
+        missing = list(_missing_keys(values, to_dict(default), sections))
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ConfigError(
+                str(path),
+                f"missing key(s) {', '.join(missing[:3])}{more}: a run writes every key, so "
+                "the file is truncated or damaged. Restore it (a sweep keeps its base "
+                "config.yaml) or add the keys with their values at training time.",
+            )
+    config = load_config(path)
     return config
 
 
