@@ -218,3 +218,27 @@ def test_budget_below_one_rollout_names_the_smallest(tmp_path: Path) -> None:
     assert not (tmp_path / "tiny").exists()
     assert tiny("total_steps=200").trained_steps == 256
     assert tiny("algo=sac", "total_steps=3").trained_steps == 4  # SAC: whole env steps
+
+
+@pytest.mark.parametrize("poison", ["weights", "loss"])
+def test_sac_nan_stops_training_naming_the_step(poison: str, tmp_path: Path,
+                                                monkeypatch) -> None:
+    from stable_baselines3 import SAC
+
+    original = SAC.train
+
+    def poisoned(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if poison == "weights":
+            with torch.no_grad():
+                next(self.policy.actor.parameters()).fill_(float("nan"))
+        else:
+            self.logger.record("train/critic_loss", float("nan"))
+
+    monkeypatch.setattr(SAC, "train", poisoned)
+    what = "weights" if poison == "weights" else "train/critic_loss"
+    with pytest.raises(TrainingDivergedError,
+                       match=rf"non-finite {what} after the update ending at step \d+\. "
+                             r"Lower sac.learning_rate"):
+        train(tiny("algo=sac", "sac.learning_starts=64", "sac.batch_size=32",
+                   "sac.buffer_size=1000"), runs_root=tmp_path, show_progress=False)
