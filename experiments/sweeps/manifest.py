@@ -137,9 +137,15 @@ class Sweep:
                 continue
         else:
             raise SweepError(f"cannot create a sweep directory under {base}")
-        write_atomic(path / "config.yaml", config_to_yaml(config).encode())
-        sweep = cls(path=path, name=config.name, created=_now())
-        sweep.add_seeds(seeds)
+        try:
+            write_atomic(path / "config.yaml", config_to_yaml(config).encode())
+            sweep = cls(path=path, name=config.name, created=_now())
+            sweep.add_seeds(seeds)
+        except BaseException:  # no half-made sweep left behind
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return sweep
 
     @classmethod
