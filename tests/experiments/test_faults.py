@@ -50,9 +50,10 @@ model:
 ppo: {n_steps: 64, batch_size: 32, n_epochs: 2}
 """
 
-#: fault -> passes through its point that any leg of a run makes (a kill draws one): a
-#: resumed leg redoes at least one rollout of 64 steps (two envs), one update (2 epochs x 4
-#: minibatches), the final validation (~150 steps), and writes at least final.zip.
+#: fault -> passes through its point that any leg of a run makes (a kill draws one): a leg
+#: starts at step 0 or at the checkpoint of step 256, so it makes at least one rollout of 64
+#: steps (two envs), one update (2 epochs x 4 minibatches), two validations of 109 steps
+#: (at 256, redone on resume, and at the end) and one .zip write (final.zip).
 HITS = {"rollout": 64, "update": 8, "evaluation": 120, "checkpoint": 1}
 
 
