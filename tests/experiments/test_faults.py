@@ -292,6 +292,10 @@ def test_killed_ray_worker_is_retried_from_its_checkpoint(baseline: Path, config
     (seed,) = read_manifest(sweep)["seeds"]
     assert seed["status"] == "done" and seed["attempts"] == 2 and seed["error"] is None
     assert same(weights(sweep / "seed-0" / "final.zip"), weights(baseline / "final.zip"))
+    final = (sweep / "seed-0" / "final.zip").stat().st_mtime_ns
+    assert main(["train", "--sweep", str(sweep), "--no-progress"]) == 0  # nothing left to run
+    assert read_manifest(sweep)["seeds"][0]["attempts"] == 2
+    assert (sweep / "seed-0" / "final.zip").stat().st_mtime_ns == final
 
 
 def ray_task_pids(name: str) -> list[int]:
