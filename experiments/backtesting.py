@@ -308,7 +308,15 @@ def compare_backtests(
             f"got {comparisons}."
         )
     docs = [read_json(p) for p in paths]
-    means = [seed_means(d) for d in docs]
+    means = []
+    for path, doc in zip(paths, docs, strict=True):
+        try:
+            means.append(seed_means(doc))
+        except (KeyError, IndexError, TypeError) as err:  # valid JSON, damaged inside
+            raise ValueError(
+                f"{path}: damaged backtest.json ({type(err).__name__}: {err}); re-run "
+                "`mlkv-trader backtest` to write it again."
+            ) from err
     table = Table(title="per-run mean pass log return")
     for col in ("set", "runs", "IQM", "95% CI", "trials", "sample"):
         table.add_column(col)

@@ -201,6 +201,13 @@ class TrainConfig:
         if not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
         check_name(self.name)
+        if self.algo == "ppo" and self.total_steps < self.rollout_steps:
+            raise ConfigError(
+                "total_steps",
+                f"{self.total_steps} is below one PPO rollout (n_envs * ppo.n_steps = "
+                f"{self.n_envs} * {self.ppo.n_steps} = {self.rollout_steps}): the smallest "
+                f"budget is total_steps={self.rollout_steps}; or lower n_envs or ppo.n_steps.",
+            )
         rf = self.model.receptive_field
         if rf > self.env.window:
             raise ConfigError(
@@ -211,13 +218,26 @@ class TrainConfig:
                 f"model.window or the plan's KV layers.",
             )
 
+    @property
+    def rollout_steps(self) -> int:
+        """Env steps per update: ``n_envs * ppo.n_steps`` (PPO), ``n_envs`` (SAC)."""
+        return self.n_envs * (self.ppo.n_steps if self.algo == "ppo" else 1)
+
+    @property
+    def trained_steps(self) -> int:
+        """Env steps training really takes: ``total_steps`` rounded up to whole rollouts."""
+        return -(-self.total_steps // self.rollout_steps) * self.rollout_steps
+
 
 def check_name(name: str) -> str:
     """A run name is a relative path of plain parts (``ar1`` or ``study/ar1``) that stays
     inside the runs folder: no ``..``, no absolute path, no empty part."""
     parts = name.replace("\\", "/").split("/")
-    if not name or Path(name).is_absolute() or name.startswith(("/", "\\", "~")) or any(
-        p in ("", ".", "..") for p in parts
+    if (
+        not name
+        or Path(name).is_absolute()
+        or name.startswith(("/", "\\", "~"))
+        or any(p in ("", ".", "..") for p in parts)
     ):
         raise ConfigError(
             "name",
