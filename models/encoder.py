@@ -395,11 +395,13 @@ class MLKVEncoder(nn.Module):
         Args:
             batch: number of streams (environments).
             device: defaults to the encoder's device.
-            dtype: defaults to bfloat16 under ``autocast_bf16``, else the encoder's dtype.
+            dtype: defaults to the encoder's dtype, also under ``autocast_bf16``: the cache
+                holds keys rotated in float32, and rounding them to bf16 would make ``step``
+                differ from the other modes (see :mod:`models.attention`).
         """
         p = self.inp.weight
         if dtype is None:
-            dtype = torch.bfloat16 if self.config.autocast_bf16 else p.dtype
+            dtype = p.dtype
         return KVCache(
             self.config.plan,
             batch,
@@ -436,7 +438,8 @@ class MLKVEncoder(nn.Module):
             if nb * W != N:
                 h = nn.functional.pad(h, (0, 0, 0, nb * W - N))  # [B, nb*W, D]; pad is last
             pos = torch.arange(nb * W, device=x.device)  # [nb*W]
-            cos, sin = rotary_tables(pos, Dh, cfg.rope_base, h.dtype)  # [nb*W, Dh/2] each
+            rope = torch.promote_types(h.dtype, torch.float32)  # fp32 even under bf16 autocast
+            cos, sin = rotary_tables(pos, Dh, cfg.rope_base, rope)  # [nb*W, Dh/2] each
             band = band_mask(W, G, device=x.device)  # [G*W, 2W]
             kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
             for i, block in enumerate(self.blocks):
@@ -454,7 +457,8 @@ class MLKVEncoder(nn.Module):
         with self._autocast(x_t.device):
             h = self.inp(x_t)  # [B, D]
             pos = cache.pos  # [B]
-            cos, sin = rotary_tables(pos, cfg.head_dim, cfg.rope_base, h.dtype)  # [B, Dh/2]
+            rope = torch.promote_types(h.dtype, torch.float32)  # fp32 even under bf16 autocast
+            cos, sin = rotary_tables(pos, cfg.head_dim, cfg.rope_base, rope)  # [B, Dh/2]
             n_valid = (pos + 1).clamp(max=W)  # [B] bars of this episode in the window
             valid = torch.arange(W, device=pos.device) < n_valid[:, None]  # [B, W]
             for block in self.blocks:
