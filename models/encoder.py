@@ -541,7 +541,9 @@ class MLKVEncoder(nn.Module):
         Each compiled function is its own code object with its own dynamo cache (and
         recompile limit): ``series_grad`` (PPO updates), ``series_infer`` (rollouts,
         backtests) and ``step``. Shapes are static except the batch axis of the series
-        functions, which :meth:`_series` marks dynamic.
+        functions, which :meth:`_series` marks dynamic. ``step`` mutates the cache it is
+        given, which CUDA graphs cannot replay, so ``"reduce-overhead"`` compiles it in the
+        default mode; :class:`~models.streaming.StreamingEncoder` is the graphed step.
         """
         fn = getattr(self, f"_{name}")
         if self.config.compile is None:
@@ -550,6 +552,8 @@ class MLKVEncoder(nn.Module):
         if name not in compiled:
             backend = self.compile_backend
             mode = self.config.compile if backend == "inductor" else None
+            if name == "step" and mode == "reduce-overhead":
+                mode = "default"  # a cache passed in cannot be graphed: StreamingEncoder can
             compiled[name] = torch.compile(fn, mode=mode, backend=backend, dynamic=False)
         return compiled[name]
 
