@@ -474,7 +474,10 @@ class MLKVEncoder(nn.Module):
                 x = x.repeat(2, 1, 1)  # [2, nb*W, F]
             torch._dynamo.mark_dynamic(x, 0)
         name = "series_grad" if torch.is_grad_enabled() else "series_infer"
-        return self._dispatch(name)(x, valid, chunk_blocks)[:B, :N]  # [B, N, D]
+        out = self._dispatch(name)(x, valid, chunk_blocks)[:B, :N]  # [B, N, D]
+        if self.config.compile == "reduce-overhead":  # CUDA graph output: the next replay
+            out = out.clone()  # overwrites it, so it must not escape as a view
+        return out
 
     def _series_grad(
         self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
