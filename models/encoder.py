@@ -20,6 +20,16 @@ For ``T >= receptive_field`` the last row of ``forward(x[t-T+1 : t+1])`` equals
 ``EncoderConfig(memory_layers=(i, ...), memory=PKMConfig(...))`` replaces the MLP of the
 chosen layers with a :class:`~models.memory.ProductKeyMemory`. The memory is per token, so
 the receptive field and the equality of the three modes are unchanged.
+
+The CUDA path (``autocast_bf16``, ``compile``):
+
+* under bf16 autocast the projections and MLPs run in bf16, rotary positions and attention
+  in fp32 (:mod:`models.attention`), so the three modes still agree to bf16 rounding;
+* compiled, a series pass pads its block count to one of a few sizes
+  (:func:`series_blocks`) and keeps the batch axis dynamic, so a training run compiles a
+  bounded number of graphs instead of one per length;
+* ``step`` takes its cache as an argument; :class:`~models.streaming.StreamingEncoder`
+  owns one instead, which is what CUDA graphs need.
 """
 
 from __future__ import annotations
