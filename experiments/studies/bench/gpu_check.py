@@ -276,10 +276,10 @@ def ppo_rows(s: Sizes, device: str) -> list[Row]:
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    agent.learn(2 * per_iter, reset_num_timesteps=False)
+    agent.learn(per_iter, reset_num_timesteps=False)  # one rollout + one update, timed
     if device == "cuda":
         torch.cuda.synchronize()
-    fps = 2 * per_iter / (time.perf_counter() - t0)
+    fps = per_iter / (time.perf_counter() - t0)
     return [Row(
         f"PPO training FPS, eurusd config, n_envs {cfg.n_envs}, n_steps {cfg.ppo.n_steps}",
         f"{fps:,.0f} env-steps/s (rollouts + {cfg.ppo.n_epochs}-epoch updates)",
