@@ -10,7 +10,8 @@ F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
   by bar index, instead of encoding a ``T``-bar window per step. Sampling consumes the same
   RNG draws as SB3's path, so actions, log-probs and values match it (float rounding
   aside). The buffer (:class:`~agents.buffers.BarRolloutBuffer`) stores bar indices, not
-  windows.
+  windows. On a GPU a step syncs with the host once: actions, values, log-probs and sigmas
+  come back in one packed copy (timeout bootstrap values once per rollout).
 * **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
   trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
   reset). Each segment is encoded with exactly ``receptive_field - 1`` bars of context in
