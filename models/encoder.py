@@ -462,9 +462,10 @@ class MLKVEncoder(nn.Module):
 
         Pads the series to whole blocks of ``W`` bars (the padding is last, so causal
         attention keeps it out of every real bar) and runs :meth:`_blocks`. Compiled, the
-        block count is rounded up to :func:`series_blocks` and a batch of one is doubled, so
-        that a training run compiles a few graphs instead of one per length (see the module
-        doc of :mod:`models.encoder` and :func:`series_blocks`).
+        block count is rounded up to :func:`series_blocks` and the batch axis is dynamic (at
+        least 2 rows; a power of two under ``"reduce-overhead"``, whose CUDA graphs are
+        recorded per batch size), so that a training run compiles a few graphs instead of
+        one per length (see :func:`series_blocks`). Padded rows are dropped.
         """
         B, N, _ = x.shape
         W = self.config.window
@@ -480,8 +481,12 @@ class MLKVEncoder(nn.Module):
             valid = torch.arange(nb * W, device=x.device) < N  # [nb*W]
         if compiled:
             x = x.contiguous()  # dynamo guards on strides: one layout, one graph
-            if B == 1:  # a dynamic batch axis must be >= 2 (dynamo specialises 0 and 1)
-                x = x.repeat(2, 1, 1)  # [2, nb*W, F]
+            # a dynamic batch axis must be >= 2 (dynamo specialises 0 and 1); CUDA graphs
+            # ("reduce-overhead") record one graph per batch size: round it up to a power of 2
+            rows = 1 << (B - 1).bit_length() if self.config.compile == "reduce-overhead" else B
+            rows = max(rows, 2)
+            if rows != B:
+                x = nn.functional.pad(x, (0, 0, 0, 0, 0, rows - B))  # [rows, nb*W, F]
             torch._dynamo.mark_dynamic(x, 0)
         name = "series_grad" if torch.is_grad_enabled() else "series_infer"
         out = self._dispatch(name)(x, valid, chunk_blocks)[:B, :N]  # [B, N, D]

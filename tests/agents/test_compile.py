@@ -6,6 +6,7 @@ inductor (or CUDA graphs), without generating code, so the test is cheap on a CP
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -105,3 +106,18 @@ def make_tiny_encoder_pair() -> tuple[MLKVEncoder, MLKVEncoder]:
     eager = MLKVEncoder(EncoderConfig(**spec)).eval()
     eager.load_state_dict(compiled.state_dict())
     return compiled, eager
+
+
+def test_reduce_overhead_pads_the_batch_to_a_power_of_two(make_tiny_encoder_pair, eager_dynamo,
+                                                           monkeypatch):
+    """CUDA graphs are recorded per batch size: under reduce-overhead sizes are few."""
+    compiled, eager = make_tiny_encoder_pair
+    compiled.config = dataclasses.replace(compiled.config, compile="reduce-overhead")
+    seen = []
+    real = compiled._series_infer
+    monkeypatch.setattr(compiled, "_series_infer", lambda x, *a: seen.append(len(x)) or real(x, *a))
+    with torch.no_grad():
+        for B in (1, 2, 3, 5, 8):
+            x = torch.randn(B, 10, 5)
+            torch.testing.assert_close(compiled.encode_series(x), eager.encode_series(x))
+    assert seen == [2, 2, 4, 8, 8]
