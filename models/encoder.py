@@ -453,9 +453,11 @@ class MLKVEncoder(nn.Module):
         return x
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast if configured. Its weight-cast cache is off: each weight is used once
+        per call, and a cache that outlives a CUDA graph capture is not allowed."""
         if not self.config.autocast_bf16:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def _series(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
         """``[B, N, F] -> [B, N, D]`` with block attention (shared by forward/encode_series).
