@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch as th
-from torch.overrides import TorchFunctionMode
 
 from agents import MLKVPPO, MLKVActorCriticPolicy
 from data import synthetic
@@ -26,34 +25,6 @@ from experiments.schema import ConfigError
 ENV_CONFIG = EnvConfig(window=8, episode_length=24)  # truncations inside a 40-step rollout
 CANDLES = synthetic.ar1(600, phi=0.3, seed=0)
 N_STEPS = 40
-
-#: tensor methods that copy device memory to the host (``numpy``/``__array__`` count only
-#: when not applied to the result of a counted ``cpu()``: on a GPU they need one first)
-TO_HOST = {"cpu", "item", "tolist", "__float__", "__int__", "__bool__", "__index__"}
-
-
-class HostTransfers(TorchFunctionMode):
-    """Counts device-to-host transfers (on the CPU: the calls that would be one on a GPU)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self._on_host: set[int] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        out = func(*args, **(kwargs or {}))
-        to_cpu = name == "to" and any(
-            str(a) == "cpu" for a in (*args[1:], *(kwargs or {}).values())
-        )
-        if name in TO_HOST or to_cpu:
-            self.count += 1
-            if isinstance(out, th.Tensor):
-                self._on_host.add(id(out))
-        elif name in ("numpy", "__array__") and id(args[0]) not in self._on_host:
-            self.count += 1
-        return out
-
 
 def make_model(encoder: dict[str, Any], **kw: Any) -> MLKVPPO:
     venv = MarketReplayVecEnv(CANDLES, ENV_CONFIG, n_envs=3, seed=7)
@@ -69,20 +40,20 @@ def rollout(model: MLKVPPO) -> MLKVPPO:
     return model
 
 
-def test_a_rollout_step_moves_data_to_the_host_once(tiny_encoder):
+def test_a_rollout_step_moves_data_to_the_host_once(tiny_encoder, host_transfers):
     model = make_model(tiny_encoder)
     model._setup_learn(model.n_steps * model.n_envs)
-    with HostTransfers() as transfers:
+    with host_transfers() as transfers:
         rollout(model)
     assert model.rollout_buffer.episode_starts[1:].sum() >= 2  # truncations were bootstrapped
     # one per step, plus once per rollout: the bootstrap values and the last values
     assert transfers.count <= N_STEPS + 2, transfers.count
 
 
-def test_the_transfer_counter_sees_every_kind_of_transfer():
+def test_the_transfer_counter_sees_every_kind_of_transfer(host_transfers):
     """Sharpness: each way of reading a tensor on the host is counted."""
     t, u = th.ones(3), th.ones(3)
-    with HostTransfers() as transfers:
+    with host_transfers() as transfers:
         t.cpu().numpy()  # one transfer, not two
         u.numpy()
         float(t[0])

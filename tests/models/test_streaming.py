@@ -108,3 +108,19 @@ def test_streaming_encoder_copies_and_pickles_without_compiled_state(make_encode
         assert "_compiled" not in other.__dict__ and other._graph is None
         with torch.inference_mode():
             assert other(torch.randn(2, 5)).shape == (2, 32)
+
+
+@pytest.mark.parametrize("memory", [{}, MEMORY])
+@torch.inference_mode()
+def test_a_step_never_reads_a_tensor_on_the_host(make_encoder, host_transfers, memory):
+    """A host read inside the step would be a sync, which a CUDA graph capture refuses."""
+    stream = StreamingEncoder(
+        make_encoder(KVSharingPlan.reference(), window=4, autocast_bf16=True, **memory), batch=3
+    )
+    x = torch.randn(3, 10, 5)
+    with host_transfers() as transfers:
+        for t in range(10):
+            stream(x[:, t])
+        stream.reset(torch.tensor([True, False, True]))
+        stream(x[:, 0])
+    assert transfers.count == 0
