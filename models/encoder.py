@@ -251,7 +251,7 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """``[B, N, D] -> [B, N, D]``; ``attn_args`` as in :meth:`SharedKVAttention.series`.
 
-        ``valid``: ``[N]`` bool, the tokens before the padding (``None``: all); a memory
+        ``valid``: ``[B, N]`` bool, the tokens that are not padding (``None``: all); a memory
         counts the reads of those only (the padded tokens never reach a real token).
         """
         h = h + self.drop(self.attn.series(self.norm1(h), *attn_args))
@@ -478,18 +478,23 @@ class MLKVEncoder(nn.Module):
             nb = series_blocks(nb, chunk_blocks)
         if nb * W != N:
             x = nn.functional.pad(x, (0, 0, 0, nb * W - N))  # [B, nb*W, F]; pad is last
-        valid = None
-        if self.config.memory_layers:  # memories count the reads of real bars only
-            valid = torch.arange(nb * W, device=x.device) < N  # [nb*W]
+        rows = B
         if compiled:
             x = x.contiguous()  # dynamo guards on strides: one layout, one graph
             # a dynamic batch axis must be >= 2 (dynamo specialises 0 and 1); CUDA graphs
             # ("reduce-overhead") record one graph per batch size: round it up to a power of 2
-            rows = 1 << (B - 1).bit_length() if self.config.compile == "reduce-overhead" else B
+            if self.config.compile == "reduce-overhead":
+                rows = 1 << (B - 1).bit_length()
             rows = max(rows, 2)
             if rows != B:
                 x = nn.functional.pad(x, (0, 0, 0, 0, 0, rows - B))  # [rows, nb*W, F]
             torch._dynamo.mark_dynamic(x, 0)
+        valid = None
+        if self.config.memory_layers:  # memories count the reads of real bars only
+            bars = torch.arange(nb * W, device=x.device) < N  # [nb*W]
+            valid = bars & (torch.arange(rows, device=x.device) < B)[:, None]  # [rows, nb*W]
+            if compiled:
+                torch._dynamo.mark_dynamic(valid, 0)
         name = "series_grad" if torch.is_grad_enabled() else "series_infer"
         out = self._dispatch(name)(x, valid, chunk_blocks)[:B, :N]  # [B, N, D]
         if self.config.compile == "reduce-overhead":  # CUDA graph output: the next replay
@@ -515,8 +520,8 @@ class MLKVEncoder(nn.Module):
 
         Args:
             x: features, ``nb*W`` bars (padding included).
-            valid: ``[nb*W]`` bool, the bars before the padding (``None``: all); only memory
-                layers read it.
+            valid: ``[B, nb*W]`` bool, the bars before the padding in the rows before the
+                padding (``None``: all); only memory layers read it.
             chunk_blocks: blocks per attention call.
         """
         cfg = self.config

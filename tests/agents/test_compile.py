@@ -88,6 +88,8 @@ def test_compiled_encoder_equals_eager_on_every_bucket(make_tiny_encoder_pair, e
             torch.testing.assert_close(compiled.encode_series(x), eager.encode_series(x))
         torch.testing.assert_close(compiled(x), eager(x).detach())
     assert counters["stats"]["unique_graphs"] == 2 * 4  # buckets 2, 4, 8, 32; grad and not
+    # the memory counts the reads of real bars of real rows only, padded or not
+    assert compiled.memory_usage()[1].reads == eager.memory_usage()[1].reads > 0
 
 
 @pytest.fixture
@@ -121,3 +123,4 @@ def test_reduce_overhead_pads_the_batch_to_a_power_of_two(make_tiny_encoder_pair
             x = torch.randn(B, 10, 5)
             torch.testing.assert_close(compiled.encode_series(x), eager.encode_series(x))
     assert seen == [2, 2, 4, 8, 8]
+    assert compiled.memory_usage()[1].reads == eager.memory_usage()[1].reads > 0
