@@ -72,12 +72,24 @@ class ModelConfig:
     """Lower clamp of the state-dependent log-sigma."""
     log_std_max: float = 1.0
     """Upper clamp of the state-dependent log-sigma."""
+    compile: str | None = None
+    """torch.compile mode of the encoder (default, reduce-overhead, ...); null: eager. Off by
+    default: on the CPU it does not pay for its compile time (docs/benchmarks.md)."""
+    autocast_bf16: bool = False
+    """Run the encoder under bf16 autocast (the CUDA fast path; attention stays fp32)."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.window < 1:
             raise ValueError("d_model and window must be >= 1")
         if not self.log_std_min < self.log_std_init < self.log_std_max:
             raise ValueError("need log_std_min < log_std_init < log_std_max")
+        if self.memory is not None and self.memory.sparse_grad:
+            raise ConfigError(
+                "model.memory.sparse_grad",
+                "true gives the memory's value table a sparse gradient, but PPO and SAC train "
+                "with SB3's Adam and clip_grad_norm_, which take dense gradients only. Set "
+                "model.memory.sparse_grad: false (the dense gradient of the table is exact).",
+            )
         self.encoder()  # d_model vs heads, memory layers vs depth: fail at load time
 
     @property
@@ -94,6 +106,8 @@ class ModelConfig:
             window=self.window,
             memory_layers=self.memory_layers,
             memory=self.memory,
+            compile=self.compile,
+            autocast_bf16=self.autocast_bf16,
         )
 
 
