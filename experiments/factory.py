@@ -38,7 +38,7 @@ def load_market(cfg: DataConfig) -> pd.DataFrame:
     if not Path(cfg.source).exists():
         raise ValueError(
             f"data.source: {cfg.source!r} is neither an embedded dataset "
-            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime'."
+            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime|echo'."
         )
     return load_candles(cfg.source, time_format=cfg.time_format)
 
