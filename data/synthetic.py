@@ -207,7 +207,7 @@ GENERATORS = {"gbm": gbm, "ar1": ar1, "regime": regime, "echo": echo}
 
 
 def generate(name: str, n_bars: int, **params: float) -> pd.DataFrame:
-    """Call a generator by name (``"gbm"``, ``"ar1"``, ``"regime"`` or ``"echo"``), e.g. from YAML."""
+    """Call a generator by name (``"gbm"``, ``"ar1"``, ``"regime"``, ``"echo"``), e.g. from YAML."""
     if name not in GENERATORS:
         raise ValueError(f"unknown synthetic market {name!r}; choose one of {sorted(GENERATORS)}.")
     return GENERATORS[name](n_bars, **params)

@@ -48,7 +48,7 @@ def test_regime_autocorrelation_follows_state() -> None:
 
 
 def lagged_ols_rel_mse(r: np.ndarray, lags: int) -> float:
-    """Out-of-sample MSE / MSE(0) of OLS on the last ``lags`` returns (fit first half, score second).
+    """Out-of-sample MSE / MSE(0) of OLS on the last ``lags`` returns (fit 1st half, score 2nd).
 
     The oracle of a market whose memory is at most ``lags`` bars: with Gaussian returns the
     best linear predictor is the best predictor.
