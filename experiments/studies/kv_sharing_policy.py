@@ -1,0 +1,163 @@
+"""KV-sharing at the policy level: PPO on the long-memory echo market, judged by the verdict.
+
+The prediction ablation (:mod:`experiments.studies.kv_sharing_ablation`) asks how well each
+KV-sharing plan *predicts*; this study asks whether a PPO policy built on it *learns to
+trade* the same long-memory edge. The market is ``data.synthetic.echo`` (each return echoes
+the one 48 bars back with coefficient 0.5, independent of the bars in between), configured
+in ``experiments/configs/echo_ppo.yaml``. Three plans of the config's 6-layer, 4-head
+encoder get the **same receptive field** of 49 bars (>= the lag 48) through their windows:
+
+* MHA (6 KV layers x 4 KV heads), ``W = 9``;
+* MLKV-3 (3 KV layers x 1 KV head), ``W = 17``;
+* MLKV-1 (1 KV layer x 1 KV head), ``W = 49``.
+
+Each plan is trained with 3 seeds (same market, new agent), then the 3 runs are backtested
+together on the untouched test split (``K`` stochastic passes per run) and judged by the
+evaluator's verdict (LEARNED / CONSISTENT-BUT-NO-EDGE / RANDOM / INCONCLUSIVE).
+
+Usage::
+
+    python -m experiments.studies.kv_sharing_policy --write-docs           # ~10-20 min, CPU
+    python -m experiments.studies.kv_sharing_policy --steps 8192 --seeds 1 # a quick look
+    python -m experiments.studies.kv_sharing_policy --device cuda --steps 196608
+
+``--write-docs`` replaces the block between the policy markers in ``docs/mlkv.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from experiments.backtesting import BacktestRequest, backtest_runs
+from experiments.config import load_config
+from experiments.studies.kv_sharing_ablation import DOCS, machine, write_docs
+from experiments.train import train
+from models import cache_bytes
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "echo_ppo.yaml"
+BEGIN, END = "<!-- policy-ablation:begin -->", "<!-- policy-ablation:end -->"
+
+#: label -> (plan as YAML, window W); all 6 layers x 4 query heads, receptive field 49
+PLANS: dict[str, tuple[str, int]] = {
+    "MHA": ("{kind: mha, n_layers: 6, n_heads: 4}", 9),
+    "MLKV-3": ("{kind: mlkv, n_layers: 6, n_heads: 4, n_kv_heads: 1, n_kv_layers: 3}", 17),
+    "MLKV-1": ("{kind: mlkv, n_layers: 6, n_heads: 4, n_kv_heads: 1, n_kv_layers: 1}", 49),
+}
+
+
+def run_plan(label: str, args: argparse.Namespace) -> dict:
+    """Train ``args.seeds`` runs of one plan, backtest them together, return the row."""
+    plan, window = PLANS[label]
+    dirs, train_s = [], []
+    for seed in range(args.seeds):
+        overrides = [
+            f"seed={seed}",
+            f"model.plan={plan}",
+            f"model.window={window}",
+            f"total_steps={args.steps}",
+            f"data.n_bars={args.n_bars}",
+            f"device={args.device}",
+            f"threads={args.threads}",
+            f"name=echo_ppo_{label.lower().replace('-', '')}",
+        ]
+        config = load_config(args.config, overrides)
+        t0 = time.perf_counter()
+        dirs.append(train(config, runs_root=args.runs_root, show_progress=False))
+        train_s.append(time.perf_counter() - t0)
+        print(f"{label} seed {seed}: trained in {train_s[-1]:.0f} s -> {dirs[-1]}", flush=True)
+    out = Path(args.runs_root) / f"backtest_{label.lower().replace('-', '')}"
+    outcome = backtest_runs(
+        BacktestRequest(runs=tuple(dirs), passes=args.passes, out=out), show_progress=False
+    )
+    assert outcome is not None  # in-process backtests always return
+    verdict = outcome.summary["verdict"]
+    enc = config.model.encoder()
+    return {
+        "plan": label,
+        "window": window,
+        "receptive_field": config.model.receptive_field,
+        "kv_bytes_env": cache_bytes(enc.plan, enc.head_dim, 1, window, torch.float32),
+        "train_s": train_s,
+        "runs": [str(d) for d in dirs],
+        "label": verdict["label"],
+        "rho": verdict["rho"],
+        "excess_total": verdict["excess_total"],
+        "excess_p": verdict["excess_p"],
+        "timing_p": verdict["timing_p"],
+        "seed_share": verdict["seed_share"],
+        "seed_mean_returns": [s["mean_pass_return"] for s in verdict["seeds"]],
+        "backtest": str(outcome.json_path),
+    }
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"Settings: `{Path(args.config).name}` with `total_steps={args.steps}`, "
+        f"`data.n_bars={args.n_bars}` (test split {int(args.n_bars * 0.15):,} bars), "
+        f"{args.seeds} training seeds per plan, {args.passes} stochastic passes per run, "
+        f"device {args.device}. Machine: {args.machine}.",
+        "",
+        "| plan | W | receptive field | KV bytes/env (fp32) | train s/run | verdict | rho | "
+        "excess over B&H (p) | timing p | seeds decisive with edge | mean pass log return "
+        "per seed |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['plan']} | {r['window']} | {r['receptive_field']} | {r['kv_bytes_env']:,} | "
+            f"{sum(r['train_s']) / len(r['train_s']):.0f} | **{r['label']}** | {r['rho']:.2f} | "
+            f"{r['excess_total']:+.3f} ({r['excess_p']:.3f}) | {r['timing_p']:.3f} | "
+            f"{r['seed_share']:.0%} | "
+            + ", ".join(f"{v:+.3f}" for v in r["seed_mean_returns"])
+            + " |"
+        )
+    total = sum(sum(r["train_s"]) for r in rows)
+    lines += ["", f"Total training time {total:.0f} s; wall time {args.wall_s:.0f} s."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(
+        description="PPO on the echo market with MHA, MLKV-3 and MLKV-1 at equal receptive "
+        "field (49 bars), 3 seeds each, backtested with the verdict.",
+        epilog="example: python -m experiments.studies.kv_sharing_policy --write-docs",
+    )
+    p.add_argument("--config", default=str(CONFIG), help="base YAML (the echo market)")
+    p.add_argument("--plans", default=",".join(PLANS), help=f"comma list of {', '.join(PLANS)}")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per plan")
+    p.add_argument("--steps", type=int, default=65_536, help="PPO env steps per run")
+    p.add_argument("--n-bars", type=int, default=40_000, help="bars of the echo market")
+    p.add_argument("--passes", type=int, default=20, help="stochastic test passes per run")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=1, help="torch/numba threads")
+    p.add_argument("--runs-root", default="runs/kv_sharing_policy", help="where runs go")
+    p.add_argument("--write-docs", action="store_true", help="update docs/mlkv.md")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+    labels = [x.strip() for x in args.plans.split(",") if x.strip()]
+    if bad := [x for x in labels if x not in PLANS]:
+        p.error(f"--plans: unknown {bad}; use {', '.join(PLANS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available here; use --device cpu")
+    torch.set_num_threads(args.threads)
+    args.machine = machine()
+    t0 = time.perf_counter()
+    rows = [run_plan(label, args) for label in labels]
+    args.wall_s = time.perf_counter() - t0
+    text = markdown(rows, args)
+    print("\n" + text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.write_docs:
+        write_docs(text, BEGIN, END)
+        print(f"updated {DOCS / 'mlkv.md'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
