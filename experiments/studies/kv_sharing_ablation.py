@@ -116,6 +116,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
 #: the echo market: lag 48, coefficient 0.5 (Bayes limit 1 - 0.5^2 = 0.75)
 ECHO = {"lag": 48, "coef": 0.5, "vol": 0.002}
 SETTINGS = {"rf": "equal receptive field", "w": "equal window"}
+SYNTHETIC = ("echo", "ar1")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 MEM_BEGIN, MEM_END = "<!-- memory-ablation:begin -->", "<!-- memory-ablation:end -->"
@@ -262,9 +263,9 @@ def window_for(plan: KVSharingPlan, rf: int) -> int:
 
 
 def train_one(
-    label: str, window: int, parts: Parts, seed: int, args: argparse.Namespace
+    label: str, window: int, parts: Parts, seed: int, args: argparse.Namespace, steps: int
 ) -> dict:
-    """Train one predictor; return its validation loss per target and bookkeeping."""
+    """Train one predictor for ``steps`` steps; return its validation loss per target etc."""
     plan, memory_layers = VARIANTS[label]
     device = torch.device(args.device)
     torch.manual_seed(seed)
@@ -289,13 +290,13 @@ def train_one(
             model(x_val[None])
         share_init = next(iter(model.encoder.memory_usage(reset=True).values())).slot_share
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.1)
     ctx = model.encoder.receptive_field - 1 if args.context is None else args.context
     S = args.segment
     starts_max = x_train.shape[0] - (ctx + S)
     t0 = time.perf_counter()
     model.train()
-    for _ in range(args.steps):
+    for _ in range(steps):
         starts = torch.randint(0, starts_max + 1, (args.batch,), generator=gen)  # [B]
         idx = (starts[:, None] + torch.arange(ctx + S)).to(device)  # [B, ctx + S]
         pred = model(x_train[idx])[:, ctx:]  # [B, S, n_targets]
@@ -318,7 +319,7 @@ def train_one(
     usage = list(model.encoder.memory_usage().values())
     return {
         "val": dict(zip(parts.targets, rel, strict=True)),
-        "steps": args.steps,
+        "steps": steps,
         "score_skip": skip,
         "train_s": train_s,
         "window": window,
@@ -338,7 +339,8 @@ def _run(job: tuple) -> dict:
     """One training job in a worker process: ``(market, label, window, seed, parts, args)``."""
     m, label, window, seed, parts, args = job
     torch.set_num_threads(args.threads)
-    r = train_one(label, window, parts, seed, args)
+    steps = args.steps if m in SYNTHETIC else args.real_steps
+    r = train_one(label, window, parts, seed, args, steps)
     return {"market": m, "plan": label, "seed": seed, **r}
 
 
@@ -443,8 +445,8 @@ def memory_markdown(results: list[dict], args: argparse.Namespace, markets: list
     """The reference plan vs the same plan with a product-key memory in the middle layer."""
     cols = columns(markets)
     lines = [
-        f"Settings as above (d_model {args.d_model}, window {args.window}, {args.steps} steps, "
-        f"{len(args.seed_list)} seeds, {args.threads} CPU thread(s)). Memory: layer "
+        f"Settings as above (d_model {args.d_model}, window {args.window}, {args.steps_text} "
+        f"steps, {len(args.seed_list)} seeds, {args.threads} CPU thread(s)). Memory: layer "
         f"{VARIANTS[MEMORY_LABEL][1][0]}'s MLP replaced by `PKMConfig(n_keys={PKM.n_keys}, "
         f"k={PKM.k}, heads={PKM.heads}, k_dim={PKM.k_dim})` ({PKM.n_slots:,} value slots). "
         "Active params = parameters one token uses (all sub-keys, only the value rows it "
@@ -606,7 +608,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--window", type=int, default=11, help="window W of the equal-W setting")
     p.add_argument("--phi", type=float, default=0.3, help="AR(1) coefficient of the ar1 market")
     p.add_argument("--seeds", type=int, default=3, help="seeds per plan and market")
-    p.add_argument("--steps", type=int, default=150, help="optimiser steps per run")
+    p.add_argument(
+        "--steps", type=int, default=300, help="optimiser steps per run on synthetic markets"
+    )
+    p.add_argument(
+        "--real-steps", type=int, default=100, help="optimiser steps per run on eurusd/googl"
+    )
     p.add_argument("--batch", type=int, default=8, help="segments per step")
     p.add_argument("--segment", type=int, default=64, help="scored bars per segment")
     p.add_argument(
@@ -614,10 +621,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     p.add_argument("--d-model", type=int, default=32, help="model width (8 heads)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument("--rope-base", type=float, default=10_000.0, help="rotary base")
+    p.add_argument(
+        "--rope-base",
+        type=float,
+        default=100.0,
+        help="rotary base; 100 gives head_dim 4 the frequencies 1 and 0.1 rad/bar (10,000: 0.01)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel (processes)")
     p.add_argument("--write-docs", action="store_true", help="update docs/mlkv.md and the plot")
     p.add_argument(
         "--score-skip",
@@ -681,14 +693,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-            done = pool.map(_run, jobs)
-            for r in done:
-                results.append(r)
-                _print(r)
+            for r in pool.map(_run, jobs):
+                _record(r, results, args)
     else:
         for job in jobs:
-            results.append(_run(job))
-            _print(results[-1])
+            _record(_run(job), results, args)
     args.wall_s = time.perf_counter() - t0
     groups = [(args, results)]
     if args.merge:  # each file is rendered with the arguments it ran with
@@ -719,6 +728,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if has_memory:
             write_docs(mem_text, MEM_BEGIN, MEM_END)
     return results
+
+
+def _record(r: dict, results: list[dict], args: argparse.Namespace) -> None:
+    """Keep, print and (with ``--json``) save a finished run, so a cut-short study keeps it."""
+    results.append(r)
+    _print(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 def _print(r: dict) -> None:

@@ -53,6 +53,7 @@ PLANS: dict[str, tuple[str, int]] = {
 def run_plan(label: str, args: argparse.Namespace) -> dict:
     """Train ``args.seeds`` runs of one plan, backtest them together, return the row."""
     plan, window = PLANS[label]
+    t_plan = time.perf_counter()
     dirs, train_s = [], []
     for seed in range(args.seeds):
         overrides = [
@@ -92,6 +93,7 @@ def run_plan(label: str, args: argparse.Namespace) -> dict:
         "seed_share": verdict["seed_share"],
         "seed_mean_returns": [s["mean_pass_return"] for s in verdict["seeds"]],
         "backtest": str(outcome.json_path),
+        "wall_s": time.perf_counter() - t_plan,
     }
 
 
@@ -117,7 +119,11 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             + " |"
         )
     total = sum(sum(r["train_s"]) for r in rows)
-    lines += ["", f"Total training time {total:.0f} s; wall time {args.wall_s:.0f} s."]
+    lines += [
+        "",
+        f"Total training time {total:.0f} s; wall time (training + backtests, summed over "
+        f"plans) {args.wall_s:.0f} s.",
+    ]
     return "\n".join(lines)
 
 
@@ -137,7 +143,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1, help="torch/numba threads")
     p.add_argument("--runs-root", default="runs/kv_sharing_policy", help="where runs go")
     p.add_argument("--write-docs", action="store_true", help="update docs/mlkv.md")
-    p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--json", default=None, help="also write the rows here (after each plan)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        help="train nothing: render (and --write-docs) the rows of earlier --json files, e.g. "
+        "one per plan run in parallel; pass the same --steps/--n-bars/--seeds/--passes",
+    )
     args = p.parse_args(argv)
     labels = [x.strip() for x in args.plans.split(",") if x.strip()]
     if bad := [x for x in labels if x not in PLANS]:
@@ -147,12 +160,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     args.machine = machine()
     t0 = time.perf_counter()
-    rows = [run_plan(label, args) for label in labels]
+    rows: list[dict] = []
+    if args.merge:
+        for path in args.merge:
+            rows += json.loads(Path(path).read_text())
+        rows.sort(key=lambda r: list(PLANS).index(r["plan"]))
+    for label in [] if args.merge else labels:
+        rows.append(run_plan(label, args))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
     args.wall_s = time.perf_counter() - t0
+    if args.merge:
+        args.wall_s = sum(r.get("wall_s", sum(r["train_s"])) for r in rows)
     text = markdown(rows, args)
     print("\n" + text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.write_docs:
         write_docs(text, BEGIN, END)
         print(f"updated {DOCS / 'mlkv.md'}")

@@ -13,8 +13,8 @@ from experiments.studies import kv_sharing_policy as pol
 
 #: tiny settings: rf 46 is the smallest with rf - 1 divisible by 9, 5, 3 and 1
 TINY = [
-    "--rf", "46", "--window", "2", "--seeds", "1", "--steps", "2", "--batch", "2",
-    "--segment", "8", "--d-model", "16",
+    "--rf", "46", "--window", "2", "--seeds", "1", "--steps", "2", "--real-steps", "2",
+    "--batch", "2", "--segment", "8", "--d-model", "16", "--jobs", "1",
 ]  # fmt: skip
 
 
