@@ -31,10 +31,12 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from experiments.backtesting import BacktestRequest, backtest_runs
 from experiments.config import load_config
+from experiments.runs import load_run_config
 from experiments.studies.kv_sharing_ablation import DOCS, machine, write_docs
 from experiments.train import train
 from models import cache_bytes
@@ -50,12 +52,26 @@ PLANS: dict[str, tuple[str, int]] = {
 }
 
 
+def finished_run(folder: Path, config) -> Path | None:
+    """A finished run (``final.zip``) under ``folder`` trained with exactly ``config``."""
+    for run in sorted(folder.glob(f"*-s{config.seed}*")):
+        if (run / "final.zip").is_file() and load_run_config(run) == config:
+            return run
+    return None
+
+
+def training_seconds(run: Path) -> float:
+    """Wall seconds SB3 logged for a finished run (its last ``time/time_elapsed``)."""
+    log = pd.read_csv(run / "progress.csv")
+    return float(log["time/time_elapsed"].dropna().iloc[-1])
+
+
 def run_plan(label: str, args: argparse.Namespace) -> dict:
     """Train ``args.seeds`` runs of one plan, backtest them together, return the row."""
     plan, window = PLANS[label]
     t_plan = time.perf_counter()
     dirs, train_s = [], []
-    for seed in range(args.seeds):
+    for seed in args.seed_list:
         overrides = [
             f"seed={seed}",
             f"model.plan={plan}",
@@ -67,10 +83,18 @@ def run_plan(label: str, args: argparse.Namespace) -> dict:
             f"name=echo_ppo_{label.lower().replace('-', '')}",
         ]
         config = load_config(args.config, overrides)
+        done = finished_run(Path(args.runs_root) / config.name, config)
+        if done is not None:  # trained before (e.g. by a parallel --train-only process)
+            dirs.append(done)
+            train_s.append(training_seconds(done))
+            print(f"{label} seed {seed}: reusing {done} ({train_s[-1]:.0f} s)", flush=True)
+            continue
         t0 = time.perf_counter()
         dirs.append(train(config, runs_root=args.runs_root, show_progress=False))
         train_s.append(time.perf_counter() - t0)
         print(f"{label} seed {seed}: trained in {train_s[-1]:.0f} s -> {dirs[-1]}", flush=True)
+    if args.train_only:
+        return {}
     out = Path(args.runs_root) / f"backtest_{label.lower().replace('-', '')}"
     outcome = backtest_runs(
         BacktestRequest(runs=tuple(dirs), passes=args.passes, out=out), show_progress=False
@@ -101,7 +125,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Settings: `{Path(args.config).name}` with `total_steps={args.steps}`, "
         f"`data.n_bars={args.n_bars}` (test split {int(args.n_bars * 0.15):,} bars), "
-        f"{args.seeds} training seeds per plan, {args.passes} stochastic passes per run, "
+        f"{len(args.seed_list)} training seeds per plan, {args.passes} stochastic passes per run, "
         f"device {args.device}. Machine: {args.machine}.",
         "",
         "| plan | W | receptive field | KV bytes/env (fp32) | train s/run | verdict | rho | "
@@ -136,6 +160,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--config", default=str(CONFIG), help="base YAML (the echo market)")
     p.add_argument("--plans", default=",".join(PLANS), help=f"comma list of {', '.join(PLANS)}")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per plan")
+    p.add_argument(
+        "--seed-list", default=None, help="train only these seeds (comma list), e.g. with "
+        "--train-only in parallel processes; finished runs under --runs-root are reused",
+    )
+    p.add_argument("--train-only", action="store_true", help="train, do not backtest")
     p.add_argument("--steps", type=int, default=65_536, help="PPO env steps per run")
     p.add_argument("--n-bars", type=int, default=40_000, help="bars of the echo market")
     p.add_argument("--passes", type=int, default=20, help="stochastic test passes per run")
@@ -153,6 +182,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     args = p.parse_args(argv)
     labels = [x.strip() for x in args.plans.split(",") if x.strip()]
+    args.seed_list = (
+        [int(x) for x in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
+    )
     if bad := [x for x in labels if x not in PLANS]:
         p.error(f"--plans: unknown {bad}; use {', '.join(PLANS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -167,7 +199,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.sort(key=lambda r: list(PLANS).index(r["plan"]))
     for label in [] if args.merge else labels:
         rows.append(run_plan(label, args))
-        if args.json:
+        if args.train_only:
+            rows.pop()
+        elif args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     args.wall_s = time.perf_counter() - t0
     if args.merge:
