@@ -354,15 +354,24 @@ def rows_for(results: list[dict], label: str, window: int) -> list[dict]:
     return [r for r in results if r["plan"] == label and r["window"] == window]
 
 
-def loss_stats(rows: list[dict], market: str, target: str) -> tuple[float, float]:
-    """Mean and sd (over seeds) of the validation loss of ``rows`` on one market/target."""
+def loss_stats(rows: list[dict], market: str, target: str) -> tuple[float, float, int]:
+    """Mean, sd and number of seeds of the validation loss of ``rows`` on one market/target."""
     v = np.array([r["val"][target] for r in rows if r["market"] == market])
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    if not len(v):
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
 
 
-def loss_cells(rows: list[dict], cols: list[tuple[str, str]]) -> list[str]:
-    """``mean +- sd`` of the validation loss over seeds, one cell per market/target."""
-    return [f"{m:.4f} +- {s:.4f}" for m, s in (loss_stats(rows, *c) for c in cols)]
+def loss_cells(rows: list[dict], cols: list[tuple[str, str]], n_seeds: int) -> list[str]:
+    """``mean +- sd`` of the validation loss over seeds, one cell per market/target; a cell
+    with fewer than ``n_seeds`` seeds says how many it has (a study cut short)."""
+    cells = []
+    for c in cols:
+        m, s, n = loss_stats(rows, *c)
+        cells.append(
+            "not run" if n == 0 else f"{m:.4f} +- {s:.4f}" + (f" (n={n})" if n < n_seeds else "")
+        )
+    return cells
 
 
 def col_name(market: str, target: str) -> str:
@@ -420,17 +429,19 @@ def markdown(results: list[dict], args: argparse.Namespace, markets: list[str]) 
             + " |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(cols),
         ]
+        head_dim = args.d_model // N_HEADS
         for label, plan in PLANS.items():
             rows = rows_for(results, label, windows[label])
-            if not rows:
-                continue
-            r0 = rows[0]
+            w = windows[label]
+            env_bytes = cache_bytes(plan, head_dim, 1, w, torch.float32)
+            params = f"{rows[0]['params']:,}" if rows else "-"
+            train_s = f"{np.mean([r['train_s'] for r in rows]):.1f}" if rows else "-"
             lines.append(
-                f"| {label} | {plan.total_kv_heads} | {plan.n_kv_layers} | {r0['params']:,} | "
-                f"{r0['window']} | {r0['receptive_field']} | {r0['kv_bytes_token']:,} | "
-                f"{r0['kv_bytes_env']:,} | {r0['kv_bytes_env'] / mha_env:.3f} | "
-                f"{np.mean([r['train_s'] for r in rows]):.1f} | "
-                + " | ".join(loss_cells(rows, cols))
+                f"| {label} | {plan.total_kv_heads} | {plan.n_kv_layers} | {params} | {w} | "
+                f"{plan.n_kv_layers * (w - 1) + 1} | "
+                f"{cache_bytes(plan, head_dim, 1, 1, torch.float32):,} | {env_bytes:,} | "
+                f"{env_bytes / mha_env:.3f} | {train_s} | "
+                + " | ".join(loss_cells(rows, cols, len(args.seed_list)))
                 + " |"
             )
     lines += [
@@ -483,7 +494,7 @@ def memory_markdown(results: list[dict], args: argparse.Namespace, markets: list
             f"{r0['flops_per_token']:,} | {r0['params'] * 4 / 1024:,.0f} KiB | "
             f"{r0['kv_bytes_token']:,} | {slots} | {share} | "
             f"{ratio} | {np.mean([r['train_s'] for r in rows]):.1f} | "
-            + " | ".join(loss_cells(rows, cols))
+            + " | ".join(loss_cells(rows, cols, len(args.seed_list)))
             + " |"
         )
     return "\n".join(lines)
@@ -516,8 +527,8 @@ def plot(groups: list[tuple[argparse.Namespace, list[dict]]], path: Path) -> Non
                 pts = []
                 for label in PLANS:
                     rows = rows_for(results, label, windows[label])
-                    if rows:
-                        mean, sd = loss_stats(rows, *c)
+                    mean, sd, n = loss_stats(rows, *c)
+                    if n:
                         pts.append((rows[0]["kv_bytes_env"], mean, sd, label))
                 pts.sort()
                 x, y, e = (np.array([p[i] for p in pts]) for i in range(3))
