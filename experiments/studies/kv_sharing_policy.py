@@ -143,11 +143,8 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             + " |"
         )
     total = sum(sum(r["train_s"]) for r in rows)
-    lines += [
-        "",
-        f"Total training time {total:.0f} s; wall time (training + backtests, summed over "
-        f"plans) {args.wall_s:.0f} s.",
-    ]
+    wall = "" if args.merge else f"; wall time (training + backtests) {args.wall_s:.0f} s"
+    lines += ["", f"Total training time {total:.0f} s (wall, summed over runs){wall}."]
     return "\n".join(lines)
 
 
