@@ -48,7 +48,7 @@ value slots are read on the validation part (equal-window setting only).
 
 Usage::
 
-    python -m experiments.studies.kv_sharing_ablation --jobs 2 --write-docs   # a few minutes
+    python -m experiments.studies.kv_sharing_ablation --write-docs   # 81 runs, ~25 CPU-min
     python -m experiments.studies.kv_sharing_ablation --markets echo --compare rf --seeds 5
     python -m experiments.studies.kv_sharing_ablation --device cuda --steps 2000 --jobs 1
     python -m experiments.studies.kv_sharing_ablation --variants memory --markets ar1,eurusd \\

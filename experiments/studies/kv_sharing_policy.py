@@ -17,7 +17,7 @@ evaluator's verdict (LEARNED / CONSISTENT-BUT-NO-EDGE / RANDOM / INCONCLUSIVE).
 
 Usage::
 
-    python -m experiments.studies.kv_sharing_policy --write-docs           # ~10-20 min, CPU
+    python -m experiments.studies.kv_sharing_policy --write-docs  # 9 runs, ~15 CPU-min
     python -m experiments.studies.kv_sharing_policy --steps 8192 --seeds 1 # a quick look
     python -m experiments.studies.kv_sharing_policy --device cuda --steps 196608
 
