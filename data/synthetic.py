@@ -16,6 +16,13 @@ What edge each market contains (this is what the evaluator is calibrated against
 * :func:`regime` -- a two-state Markov chain switches between a trending (``phi > 0``) and a
   mean-reverting (``phi < 0``) AR(1) regime. The edge exists only for a policy that infers the
   current regime from recent bars; a fixed-sign AR rule earns about nothing on average.
+* :func:`echo` -- a **long-memory** market: each return echoes the one ``lag`` bars earlier,
+  ``r_t = coef r_{t-lag} + e_t``, and is independent of the ``lag - 1`` bars in between. The
+  edge exists only for a model that sees ``lag`` bars back: predicting ``r_{t+1}`` at bar
+  ``t`` needs ``r_{t+1-lag}``, so a history (receptive field) of at least ``lag`` bars
+  including bar ``t``. With less history the best predictor is 0 (MSE = ``vol^2``); with
+  enough it is ``coef r_{t+1-lag}`` (MSE = ``(1 - coef^2) vol^2``), and holding
+  ``sign(coef r_{t+1-lag})`` earns ``~= 0.8 vol |coef|`` per bar before costs.
 """
 
 from __future__ import annotations
@@ -142,11 +149,65 @@ def regime(
     return candles
 
 
-GENERATORS = {"gbm": gbm, "ar1": ar1, "regime": regime}
+def echo(
+    n_bars: int,
+    *,
+    lag: int = 48,
+    coef: float = 0.5,
+    vol: float = 0.002,
+    seed: int = 0,
+    start: str = "2020-01-01",
+    freq: str = "1h",
+    price0: float = 1.0,
+) -> pd.DataFrame:
+    """Return echo at lag ``L``: ``r_t = coef r_{t-L} + sqrt(1 - coef^2) vol e_t``.
+
+    A seasonal AR(1): every residue class ``t mod L`` is its own AR(1) with coefficient
+    ``coef``, and the classes are independent. So ``r_t`` has standard deviation ``vol``,
+    autocorrelation ``coef^k`` at lags ``k L`` and **exactly zero** at every other lag:
+    bars ``t - L + 1 .. t - 1`` carry no information about ``r_t`` (Gaussian, independent),
+    only ``r_{t-L}`` (and ``r_{t-2L}``, ... through it) does. A predictor of ``r_{t+1}`` whose
+    history ends at bar ``t`` needs ``L`` bars (``t + 1 - L .. t``) to beat predicting 0;
+    with them its best relative MSE is ``1 - coef^2`` (0.75 for the default ``coef`` 0.5).
+
+    Args:
+        n_bars: number of candles.
+        lag: echo lag ``L`` in bars, >= 1 (``lag = 1`` is :func:`ar1` with ``phi = coef``).
+        coef: echo coefficient in (-1, 1); the planted edge grows with ``|coef|``.
+        vol: stationary standard deviation of the per-bar log return.
+        seed: seed of the generator.
+        start: timestamp of the first bar (UTC).
+        freq: bar spacing (pandas offset alias).
+        price0: open of the first bar.
+
+    Returns:
+        Candles as in :func:`gbm`, with ``attrs["lag"]`` and ``attrs["coef"]``.
+    """
+    _check_common(n_bars, vol)
+    if int(lag) != lag or lag < 1:
+        raise ValueError(f"echo: lag must be an integer >= 1, got {lag}.")
+    if not -1.0 < coef < 1.0:
+        raise ValueError(f"echo: coef must be in (-1, 1) for a stationary process, got {coef}.")
+    lag = int(lag)
+    rng = np.random.default_rng(seed)
+    n_rows = -(-n_bars // lag)
+    shocks = np.sqrt(1.0 - coef**2) * vol * rng.standard_normal((n_rows, lag))  # [rows, L]
+    prev = vol * rng.standard_normal(lag)  # r_{-L .. -1}, drawn from the stationary law
+    rows = np.empty_like(shocks)  # row i holds bars i*L .. i*L + L - 1
+    for i in range(n_rows):  # one AR(1) step for all L residue classes at once
+        prev = coef * prev + shocks[i]
+        rows[i] = prev
+    returns = rows.reshape(-1)[:n_bars]
+    candles = _candles_from_returns(returns, rng, start=start, freq=freq, price0=price0, vol=vol)
+    candles.attrs["lag"], candles.attrs["coef"] = lag, float(coef)
+    return candles
+
+
+GENERATORS = {"gbm": gbm, "ar1": ar1, "regime": regime, "echo": echo}
 
 
 def generate(name: str, n_bars: int, **params: float) -> pd.DataFrame:
-    """Call a generator by name (``"gbm"``, ``"ar1"`` or ``"regime"``), e.g. from a YAML config."""
+    """Call a generator by name (``"gbm"``, ``"ar1"``, ``"regime"``, ``"echo"``), e.g. from YAML."""
     if name not in GENERATORS:
         raise ValueError(f"unknown synthetic market {name!r}; choose one of {sorted(GENERATORS)}.")
     return GENERATORS[name](n_bars, **params)

@@ -26,7 +26,7 @@ class DataConfig:
     """Which candles to trade and how to split them."""
 
     source: str = "eurusd_h1"
-    """Embedded dataset name, a CSV/CSV.gz/Parquet path, or ``synthetic:gbm|ar1|regime``."""
+    """Embedded dataset name, a CSV/CSV.gz/Parquet path, or ``synthetic:gbm|ar1|regime|echo``."""
     n_bars: int = 20_000
     """Bars to generate (synthetic sources only)."""
     params: dict[str, float] = field(default_factory=dict)

@@ -36,7 +36,7 @@ def check_source(cfg: DataConfig) -> None:
     if not Path(cfg.source).exists():
         raise ValueError(
             f"data.source: {cfg.source!r} is neither an embedded dataset "
-            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime'."
+            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime|echo'."
         )
 
 

@@ -1,0 +1,98 @@
+"""The KV-sharing ablation runs end to end in a tiny configuration; its pieces do what they say."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data import synthetic
+from experiments.studies import kv_sharing_ablation as abl
+from experiments.studies import kv_sharing_policy as pol
+
+#: tiny settings: rf 46 is the smallest with rf - 1 divisible by 9, 5, 3 and 1
+TINY = [
+    "--rf", "46", "--window", "2", "--seeds", "1", "--steps", "2", "--real-steps", "2",
+    "--batch", "2", "--segment", "8", "--d-model", "16", "--jobs", "1",
+]  # fmt: skip
+
+
+def test_equal_rf_windows_give_every_plan_the_same_history() -> None:
+    windows = {label: abl.window_for(plan, 91) for label, plan in abl.PLANS.items()}
+    assert windows == {
+        "MHA": 11, "GQA-2": 11, "MQA": 11, "CLA-2 (GQA-2)": 19,
+        "MLKV-3 (reference)": 31, "MLKV-1 (GQA-2)": 91,
+    }  # fmt: skip
+    for label, plan in abl.PLANS.items():
+        assert plan.n_kv_layers * (windows[label] - 1) + 1 == 91
+    with pytest.raises(ValueError, match="multiple of"):
+        abl.window_for(abl.PLANS["CLA-2 (GQA-2)"], 64)  # 63 is not a multiple of 5
+
+
+def test_volatility_target_is_the_absolute_return_and_standardised() -> None:
+    candles = synthetic.gbm(3_000, seed=1)
+    feats = abl.candle_features(candles)
+    np.testing.assert_allclose(feats["target_vol"], feats["target"].abs())
+    parts = abl.split_market(candles, ("ret", "vol"))
+    assert parts.y_train.shape[1] == 2
+    # ret: training root mean square 1 (predicting 0 scores 1); vol: mean 0, sd 1
+    assert float(parts.y_train[:, 0].square().mean()) == pytest.approx(1.0, rel=1e-4)
+    assert float(parts.y_train[:, 1].mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(parts.y_train[:, 1].std(correction=0)) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_ablation_runs_end_to_end_and_merges(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(abl, "DOCS", tmp_path)
+    echo_json, real_json = tmp_path / "echo.json", tmp_path / "real.json"
+    results = abl.main(["--markets", "echo", *TINY, "--json", str(echo_json)])
+    # equal rf: 6 plans; equal W = 2: 6 more (no window coincides); one seed each
+    assert len(results) == 12
+    rf_rows = [r for r in results if r["window"] == abl.window_for(abl.PLANS[r["plan"]], 46)]
+    assert {r["plan"] for r in rf_rows} == set(abl.PLANS)
+    assert {r["receptive_field"] for r in rf_rows} == {46}
+    assert {r["score_skip"] for r in results} == {45}  # the largest receptive field - 1
+    # the KV cache of one env is W x the per-token bytes
+    for r in results:
+        assert r["kv_bytes_env"] == r["window"] * r["kv_bytes_token"]
+        assert all(np.isfinite(v) for v in r["val"].values())
+    abl.main(["--markets", "googl", *TINY, "--compare", "rf", "--json", str(real_json)])
+    assert set(json.loads(real_json.read_text())[0]["val"]) == {"ret", "vol"}
+    capsys.readouterr()
+    abl.main([*TINY, "--merge", str(echo_json), str(real_json), "--write-docs"])
+    out = capsys.readouterr().out
+    assert "**Equal receptive field**" in out and "**Equal window**" in out
+    assert "| echo ret |" in out and "| googl ret | googl vol |" in out
+    doc = (tmp_path / "mlkv.md").read_text()
+    assert abl.BEGIN in doc and "mlkv_ablation.png" in doc
+    assert (tmp_path / "mlkv_ablation.png").stat().st_size > 0
+
+
+def test_bad_arguments_are_clear(capsys) -> None:
+    with pytest.raises(SystemExit):
+        abl.main(["--markets", "nasdaq"])
+    assert "unknown ['nasdaq']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        abl.main(["--rf", "64"])
+    assert "multiple of" in capsys.readouterr().err
+
+
+def test_policy_plans_share_one_receptive_field_that_covers_the_lag() -> None:
+    for plan, window in pol.PLANS.values():
+        n_kv_layers = {"mha": 6}.get(plan.split("kind: ")[1].split(",")[0]) or int(
+            plan.split("n_kv_layers: ")[1].rstrip("}")
+        )
+        assert n_kv_layers * (window - 1) + 1 == 49 >= abl.ECHO["lag"]
+
+
+@pytest.mark.slow
+def test_policy_study_trains_backtests_and_writes_docs(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pol, "DOCS", tmp_path)
+    monkeypatch.setattr(abl, "DOCS", tmp_path)
+    rows = pol.main(
+        ["--plans", "MLKV-1", "--seeds", "1", "--steps", "2048", "--n-bars", "3000",
+         "--passes", "4", "--runs-root", str(tmp_path / "runs"), "--write-docs"]
+    )  # fmt: skip
+    assert rows[0]["label"] in {"LEARNED", "CONSISTENT-BUT-NO-EDGE", "RANDOM", "INCONCLUSIVE"}
+    assert rows[0]["receptive_field"] == 49
+    assert pol.BEGIN in (tmp_path / "mlkv.md").read_text()
