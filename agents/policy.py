@@ -311,11 +311,27 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         vf_features = (
             pi_features if len(extractors) == 1 else extractors[1].combine(encoded[:, d:], account)
         )
-        latent_pi = self.mlp_extractor.forward_actor(pi_features)
+        mean, log_sigma = self._actor_heads(pi_features)
         latent_vf = self.mlp_extractor.forward_critic(vf_features)
+        return mean, log_sigma, self.value_net(latent_vf).squeeze(-1)
+
+    def actor_from_encoded(
+        self, encoded: th.Tensor, account: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """The actor half of :meth:`heads_from_encoded` (no critic): what a backtest needs.
+
+        Returns:
+            ``(mean [B, act], log_sigma [B, act])``, equal to :meth:`heads_from_encoded`'s.
+        """
+        extractor = self._extractors()[0]
+        pi_features = extractor.combine(encoded[:, : extractor.encoding_dim], account)
+        return self._actor_heads(pi_features)
+
+    def _actor_heads(self, pi_features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        latent_pi = self.mlp_extractor.forward_actor(pi_features)
         log_sigma = self.log_sigma(latent_pi)
         self._last_log_sigma = log_sigma.detach()
-        return self.action_net(latent_pi), log_sigma, self.value_net(latent_vf).squeeze(-1)
+        return self.action_net(latent_pi), log_sigma
 
     def act_from_encoded(
         self, encoded: th.Tensor, account: th.Tensor, deterministic: bool = False
