@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from envs import EnvConfig
+from envs.kernels import M_CLOSE, MarketArrays
 
 from . import stats
 from .passes import CHUNK, PassResult, ScheduledRun, iter_policy_passes, walk_times
@@ -138,9 +139,14 @@ def backtest(
     )
 
 
+def _market(candles: pd.DataFrame | MarketArrays) -> MarketArrays:
+    """The per-bar arrays of ``candles`` (computed once, shared by all walks over them)."""
+    return candles if isinstance(candles, MarketArrays) else MarketArrays.from_candles(candles)
+
+
 def _scheduled(
     actions: np.ndarray,
-    candles: pd.DataFrame,
+    candles: pd.DataFrame | MarketArrays,
     env_config: EnvConfig,
     seed: int,
     n_windows: int,
@@ -202,6 +208,7 @@ def policy_passes(
     n_windows = VerdictConfig().n_windows if n_windows is None else int(n_windows)
     policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
     env = _test_env(env_config)
+    candles = _market(candles)  # features once, shared by every walk below
     times = walk_times(candles, env)
     n_steps = len(times)
     lo, hi, _ = (pass_slice or slice(0, passes)).indices(passes)
@@ -302,8 +309,9 @@ def combine(
     """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes."""
     cfg = verdict_config or VerdictConfig()
     n_windows = cfg.n_windows
-    buy_and_hold = _scheduled(np.ones((1, 1)), candles, env_config, seed, n_windows, keep_ledgers)
-    flat = _scheduled(np.zeros((1, 1)), candles, env_config, seed, n_windows, keep_ledgers)
+    market = _market(candles)
+    buy_and_hold = _scheduled(np.ones((1, 1)), market, env_config, seed, n_windows, keep_ledgers)
+    flat = _scheduled(np.zeros((1, 1)), market, env_config, seed, n_windows, keep_ledgers)
     n_steps = buy_and_hold.n_bars
     for s in seeds:
         if s.stochastic.window_totals.shape[1] != n_windows:
@@ -321,7 +329,7 @@ def combine(
         market_returns=buy_and_hold.mean_returns,
     )
     verdict = judge_inputs(inputs, cfg)
-    price = candles["close"].to_numpy(dtype=np.float64)[-n_steps:]
+    price = market.market[-n_steps:, M_CLOSE].copy()
     settings = {
         "passes": seeds[0].stochastic.n_passes,
         "seed": seed,

@@ -120,7 +120,7 @@ class ScheduledRun:
 
 def iter_policy_passes(
     policy: Any,
-    candles: pd.DataFrame,
+    candles: pd.DataFrame | MarketArrays,
     env_config: EnvConfig,
     *,
     n_passes: int,
@@ -236,7 +236,7 @@ _COLUMNS = ("positions", "log_returns", "costs", "mean", "sigma")
 
 def _generic_passes(
     policy: Any,
-    candles: pd.DataFrame,
+    candles: pd.DataFrame | MarketArrays,
     env_config: EnvConfig,
     n_passes: int,
     mask: np.ndarray,

@@ -281,8 +281,9 @@ def _tail_risk(
     """Per-pass VaR 95% (numpy's linear quantile) and CVaR 95% from the return histograms.
 
     An order statistic is placed inside its bin as if the bin's returns were evenly spread
-    (in the binning coordinate); the result is clipped to the pass's smallest and largest
-    return, so constant passes are exact.
+    (in the binning coordinate); CVaR averages the ``floor(0.05 (n - 1)) + 1`` smallest
+    returns (the bin holding the last of them counts at its mean). Both are clipped to the
+    pass's smallest and largest return, so constant passes are exact.
     """
     n_passes = counts.shape[0]
     var = np.empty(n_passes)
@@ -303,13 +304,13 @@ def _tail_risk(
         x1 = order_stat(min(j + 1, n - 1))
         value = min(max(x0 + (h - j) * (x1 - x0), lo_r), hi_r)
         var[k] = value
-        # CVaR: the returns at or below the VaR: whole bins below it and a share of its bin
-        u = (math.asinh(value / _HIST_SCALE) + _HIST_HALF) / (2.0 * _HIST_HALF) * HIST_BINS
-        b = min(max(math.floor(u), 0), HIST_BINS - 1)
-        share = min(max(u - b, 0.0), 1.0)
-        count = float(cum[b - 1] if b > 0 else 0) + counts[k, b] * share
-        total = float(sums[k, :b].sum()) + sums[k, b] * share
-        cvar[k] = min(max(total / count, lo_r), value) if count > 0 else value
+        # CVaR: mean of the returns at or below the VaR, i.e. of the j + 1 smallest (distinct
+        # values): whole bins, then the needed share of the last bin at its mean value
+        m = j + 1
+        b = int(np.searchsorted(cum, m - 1, side="right"))
+        before = int(cum[b - 1]) if b > 0 else 0
+        total = float(sums[k, :b].sum()) + sums[k, b] * (m - before) / counts[k, b]
+        cvar[k] = min(max(total / m, lo_r), value)
     return var, cvar
 
 
@@ -464,6 +465,7 @@ class RandomSigns:
         """float64 ``[K, t1 - t0]``: the signs of bars ``t0 .. t1 - 1`` of every pass (or of
         the passes ``rows``)."""
         rows = np.arange(self.n_passes) if rows is None else np.asarray(rows)
+        t0, t1 = int(t0), int(t1)
         out = np.empty((rows.size, t1 - t0))
         if t1 <= t0:
             return out
@@ -472,8 +474,8 @@ class RandomSigns:
             j0, j1 = i0 // 2, (i0 + t1 - t0 - 1) // 2
             bit_generator = np.random.PCG64()
             bit_generator.state = self._state
-            bit_generator.advance(j0)
-            raw = bit_generator.random_raw(j1 - j0 + 1)
+            bit_generator.advance(int(j0))
+            raw = bit_generator.random_raw(int(j1 - j0 + 1))
             halves = np.stack([raw & 0xFFFFFFFF, raw >> 32], axis=1).reshape(-1)  # uint32 order
             bits = (halves[i0 - 2 * j0 : i0 - 2 * j0 + t1 - t0] >> 31).astype(np.float64)
             out[row] = 2.0 * bits - 1.0
