@@ -148,7 +148,7 @@ def iter_policy_passes(
     alive = np.ones(n_passes, dtype=bool)
     n_steps = venv.market.n_bars - 1 - venv.walk_start
     bar = venv.walk_start
-    actor = getattr(policy, "actor_from_encoded", None)
+    actor = _actor(policy)
     torch.manual_seed(seed)
     with torch.no_grad():
         encoded = policy.encode_bars(venv.features)  # [n_bars, D]
@@ -161,25 +161,38 @@ def iter_policy_passes(
             rewards, positions, costs = np.empty((3, c, n_passes))
             for j in range(c):
                 rows = encoded[bar + first + j].expand(n_passes, -1)  # [K, D]: one bar for all
-                acc = torch.from_numpy(account).to(encoded.device)
-                if actor is not None:
-                    mean, log_sigma = actor(rows, acc)  # [K, 1] each
-                else:
-                    mean, log_sigma, _ = policy.heads_from_encoded(rows, acc)
+                mean, log_sigma = actor(rows, torch.from_numpy(account).to(encoded.device))
                 sigma = log_sigma.exp()
                 action = _draw(mean, sigma, mask, mask_t).clamp(-1.0, 1.0)
                 actions[j] = action.cpu().numpy()[:, 0]
                 means[j] = mean.cpu().numpy()[:, 0]
                 sigmas[j] = sigma.cpu().numpy()[:, 0]
-                was_alive = alive.copy()
+                ended = not alive.all()
+                if ended:
+                    means[j][~alive] = np.nan
+                    sigmas[j][~alive] = np.nan
                 r, p, cost, account = venv.replay(actions[j : j + 1], alive, account=True)
                 rewards[j], positions[j], costs[j] = r[0], p[0], cost[0]
-                means[j][~was_alive] = np.nan
-                sigmas[j][~was_alive] = np.nan
             yield PassChunk(
                 first, positions.T.copy(), rewards.T.copy(), costs.T.copy(), means.T.copy(),
                 sigmas.T.copy(),
             )
+
+
+def _actor(policy: Any) -> Any:
+    """The cheapest way to get ``(mean, log_sigma)`` from encoded rows and accounts."""
+    make = getattr(policy, "actor_function", None)
+    actor = make() if make is not None else None
+    if actor is not None:
+        return actor
+    if hasattr(policy, "actor_from_encoded"):
+        return policy.actor_from_encoded
+
+    def heads(rows: torch.Tensor, account: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_sigma, _ = policy.heads_from_encoded(rows, account)
+        return mean, log_sigma
+
+    return heads
 
 
 def _draw(
@@ -191,7 +204,7 @@ def _draw(
     if mask.all():
         return mean
     eps = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()
-    action = mean + eps * (torch.ones_like(mean) * sigma)
+    action = mean + eps * sigma  # SB3's scale is ones_like(mean) * sigma: the same floats
     if mask.any():
         action = torch.where(mask_t, mean, action)
     return action
