@@ -5,8 +5,10 @@ costs: K stochastic passes (sampled actions), one deterministic pass (the mean),
 **exposure-matched random** passes (the policy's own |position| path with a random sign at
 every bar: same exposure, random direction and timing, no skill); plus
 flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
-policy encodes the test series once and shares it across its K passes. The verdict comes
-from :func:`evaluation.verdict.judge` on those arrays.
+policy encodes the test series once and shares it across its K passes. The passes are not
+stored: :mod:`evaluation.streaming` folds each chunk of bars into every statistic the
+summary and the verdict (:func:`evaluation.verdict.judge_inputs`) need, so memory does not
+grow with passes x bars; ``keep_ledgers=True`` also keeps the per-bar arrays.
 """
 
 from __future__ import annotations
