@@ -150,7 +150,7 @@ def iter_policy_passes(
     bar = venv.walk_start
     actor = _actor(policy)
     torch.manual_seed(seed)
-    with torch.no_grad():
+    with torch.inference_mode():  # no autograd bookkeeping at all: ~10% of a small op
         encoded = policy.encode_bars(venv.features)  # [n_bars, D]
         mask_t = torch.as_tensor(mask, device=encoded.device)[:, None]
         for first in range(0, n_steps, chunk):
