@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install install-dev demo test lint screenshot clean
+.PHONY: install install-dev demo test lint gpu-check screenshot clean
 
 # `make demo` installs only what the demo needs (the package); `make test` adds `.[dev]`
 # (pytest, hypothesis, ruff, pyarrow, Ray).
@@ -32,6 +32,11 @@ test: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
+
+# on a machine with one GPU (< 8 min): the cuda tests and the GPU figures as one markdown
+# table (docs/benchmarks.md, "GPU check"); without CUDA it says so and exits 0
+gpu-check: install-dev
+	$(PY) -m experiments.studies.bench.gpu_check
 
 # docs/report.png: the ar1 demo's report, rendered by headless Chromium (needs `chromium`)
 REPORT ?= runs/demo/ar1/ar1_ppo/report.html

@@ -132,11 +132,14 @@ class BarRolloutBuffer(DictRolloutBuffer):
         action: np.ndarray,
         reward: np.ndarray,
         episode_start: np.ndarray,
-        value: th.Tensor,
-        log_prob: th.Tensor,
-        sigma: th.Tensor,
+        value: np.ndarray | th.Tensor,
+        log_prob: np.ndarray | th.Tensor,
+        sigma: np.ndarray | th.Tensor,
     ) -> None:
         """Store one step of all envs (``DictRolloutBuffer.add`` with bars for candles).
+
+        Host arrays are stored as they are (no torch call): the fast rollout hands over
+        what its one device-to-host transfer per step brought back.
 
         Args:
             bar_index: ``[n_envs]`` last bar of each env's observation.
@@ -149,8 +152,16 @@ class BarRolloutBuffer(DictRolloutBuffer):
             sigma: ``[n_envs, act]``.
         """
         self.bar_index[self.pos] = bar_index
-        self.sigmas[self.pos] = sigma.cpu().numpy()
-        super().add({ACCOUNT_KEY: account}, action, reward, episode_start, value, log_prob)
+        self.observations[ACCOUNT_KEY][self.pos] = np.asarray(account)
+        self.actions[self.pos] = np.asarray(action).reshape(self.n_envs, self.action_dim)
+        self.rewards[self.pos] = np.asarray(reward)
+        self.episode_starts[self.pos] = np.asarray(episode_start)
+        self.values[self.pos] = _host(value).reshape(-1)
+        self.log_probs[self.pos] = _host(log_prob).reshape(-1)
+        self.sigmas[self.pos] = _host(sigma).reshape(self.n_envs, self.action_dim)
+        self.pos += 1
+        if self.pos == self.buffer_size:
+            self.full = True
 
     def get(  # type: ignore[override]
         self, batch_size: int | None = None
@@ -210,3 +221,8 @@ class BarRolloutBuffer(DictRolloutBuffer):
             advantages=self.to_torch(self.advantages[idx].flatten()),
             returns=self.to_torch(self.returns[idx].flatten()),
         )
+
+
+def _host(x: np.ndarray | th.Tensor) -> np.ndarray:
+    """``x`` as a host array (a tensor is copied off its device)."""
+    return x.detach().cpu().numpy() if isinstance(x, th.Tensor) else np.asarray(x)

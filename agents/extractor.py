@@ -117,9 +117,10 @@ class MLKVExtractor(BaseFeaturesExtractor):
         activation_fn: activation of the account MLP.
 
     Raises:
-        ValueError: the observation space is not such a Dict, or the window ``T`` is shorter
+        ValueError: the observation space is not such a Dict, the window ``T`` is shorter
             than the encoder's receptive field (the policy would miss bars that its
-            sliding-window attention is built to see).
+            sliding-window attention is built to see), or a memory layer asks for sparse
+            gradients (SB3's optimisers take dense ones).
     """
 
     def __init__(
@@ -132,6 +133,13 @@ class MLKVExtractor(BaseFeaturesExtractor):
         candles, account = _check_observation_space(observation_space)
         T, F = candles.shape
         config = resolve_encoder_config(encoder, F)
+        if config.memory is not None and config.memory.sparse_grad:
+            raise ValueError(
+                "encoder memory.sparse_grad=True gives the memory's value table a sparse "
+                "gradient, but SB3's PPO and SAC train with Adam and clip_grad_norm_, which "
+                "take dense gradients only. Set memory.sparse_grad=False (in a YAML config: "
+                "model.memory.sparse_grad: false); the dense gradient is exact."
+            )
         if T < config.receptive_field:
             raise ValueError(
                 f"The observation window has T = {T} bars but the encoder's receptive field is "

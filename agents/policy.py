@@ -32,6 +32,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
+from torch.distributions import Normal
 from torch.nn import functional as F
 
 from models import EncoderConfig
@@ -236,7 +237,19 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         mean = self.action_net(latent_pi)  # [B, act]
         log_sigma = self.log_sigma(latent_pi)  # [B, act]
         self._last_log_sigma = log_sigma.detach()
-        return self.action_dist.proba_distribution(mean, log_sigma)
+        return self.distribution(mean, log_sigma)
+
+    def distribution(self, mean: th.Tensor, log_sigma: th.Tensor) -> DiagGaussianDistribution:
+        """SB3's ``action_dist.proba_distribution(mean, log_sigma)`` without argument checks.
+
+        torch's ``Normal`` validates its arguments (and every ``log_prob`` sample) by
+        default, and each check reads a tensor on the host: on a GPU, three device syncs per
+        rollout step and per minibatch. The squashed sigma is positive by construction.
+        """
+        dist = self.action_dist
+        assert isinstance(dist, DiagGaussianDistribution)
+        dist.distribution = Normal(mean, log_sigma.exp(), validate_args=False)
+        return dist
 
     @property
     def last_sigma_mean(self) -> float | None:
@@ -400,7 +413,7 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
             them, and ``sigma [B, act]``.
         """
         mean, log_sigma, values = self.heads_from_encoded(encoded, account)
-        distribution = self.action_dist.proba_distribution(mean, log_sigma)
+        distribution = self.distribution(mean, log_sigma)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         actions = actions.reshape((-1, *self.action_space.shape))
@@ -420,5 +433,5 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         span, offset = (th.as_tensor(a, device=padded.device) for a in obs.positions())
         encoded = padded[span, offset]  # [M, D], span by span, oldest bar first
         mean, log_sigma, values = self.heads_from_encoded(encoded, obs.account)
-        distribution = self.action_dist.proba_distribution(mean, log_sigma)
+        distribution = self.distribution(mean, log_sigma)
         return values[:, None], distribution.log_prob(actions), distribution.entropy()

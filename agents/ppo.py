@@ -10,7 +10,8 @@ F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
   by bar index, instead of encoding a ``T``-bar window per step. Sampling consumes the same
   RNG draws as SB3's path, so actions, log-probs and values match it (float rounding
   aside). The buffer (:class:`~agents.buffers.BarRolloutBuffer`) stores bar indices, not
-  windows.
+  windows. On a GPU a step syncs with the host once: actions, values, log-probs and sigmas
+  come back in one packed copy (timeout bootstrap values once per rollout).
 * **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
   trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
   reset). Each segment is encoded with exactly ``receptive_field - 1`` bars of context in
@@ -239,13 +240,22 @@ class MLKVPPO(PPO):
         encodings = RolloutEncodings(policy, features, env.num_envs, self.rollout_chunk)
         callback.on_rollout_start()
 
+        bootstraps: list[tuple[int, np.ndarray, th.Tensor]] = []  # (step, envs, values)
+        act_dim = int(np.prod(self.action_space.shape))
         while n_steps < n_rollout_steps:
             bar_index = self._checked_bar_index(source)  # [n_envs]
             with th.no_grad():
                 encoded = encodings.lookup(bar_index, horizon=n_rollout_steps - n_steps + 1)
                 account = obs_as_tensor(self._last_obs[ACCOUNT_KEY], self.device)  # [n_envs, A]
                 actions, values, log_probs, sigmas = policy.act_from_encoded(encoded, account)
-            actions = actions.cpu().numpy()
+                # the step's one device-to-host transfer: actions, values, log-probs, sigmas
+                packed = th.cat(
+                    (actions.reshape(-1, act_dim), values.reshape(-1, 1),
+                     log_probs.reshape(-1, 1), sigmas.reshape(-1, act_dim)), dim=1
+                ).cpu().numpy()  # [n_envs, 2 * act + 2]
+            actions = packed[:, :act_dim].reshape(-1, *self.action_space.shape)
+            values, log_probs = packed[:, act_dim], packed[:, act_dim + 1]  # [n_envs] each
+            sigmas = packed[:, act_dim + 2 :]  # [n_envs, act]
             clipped_actions = np.clip(actions, self.action_space.low, self.action_space.high)
 
             new_obs, rewards, dones, infos = env.step(clipped_actions)
@@ -257,18 +267,24 @@ class MLKVPPO(PPO):
             self._update_info_buffer(infos, dones)
             n_steps += 1
 
-            # Handle timeout by bootstrapping with the value function (SB3 GH#633); terminal
-            # observations are rare, so they take the window path.
-            for idx, done in enumerate(dones):
-                if (
-                    done
-                    and infos[idx].get("terminal_observation") is not None
-                    and infos[idx].get("TimeLimit.truncated", False)
-                ):
-                    terminal_obs = policy.obs_to_tensor(infos[idx]["terminal_observation"])[0]
-                    with th.no_grad():
-                        terminal_value = policy.predict_values(terminal_obs)[0]  # type: ignore[arg-type]
-                    rewards[idx] += self.gamma * terminal_value
+            # Handle timeout by bootstrapping with the value function (SB3 GH#633). Terminal
+            # observations are rare: they take the window path, in one batch per step, and
+            # their values stay on the device until the rollout ends (no transfer per step).
+            truncated = [
+                idx
+                for idx, done in enumerate(dones)
+                if done
+                and infos[idx].get("terminal_observation") is not None
+                and infos[idx].get("TimeLimit.truncated", False)
+            ]
+            if truncated:
+                terminal = {
+                    key: np.stack([infos[i]["terminal_observation"][key] for i in truncated])
+                    for key in infos[truncated[0]]["terminal_observation"]
+                }
+                with th.no_grad():
+                    terminal_values = policy.predict_values(policy.obs_to_tensor(terminal)[0])
+                bootstraps.append((rollout_buffer.pos, np.asarray(truncated), terminal_values))
 
             rollout_buffer.add_bars(
                 bar_index,
@@ -283,6 +299,12 @@ class MLKVPPO(PPO):
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
 
+        if bootstraps:  # one transfer for the whole rollout
+            flat = th.cat([v.reshape(-1) for _, _, v in bootstraps]).cpu().numpy()
+            start = 0
+            for pos, envs, _ in bootstraps:
+                rollout_buffer.rewards[pos, envs] += self.gamma * flat[start : start + len(envs)]
+                start += len(envs)
         bar_index = self._checked_bar_index(source)
         with th.no_grad():
             encoded = encodings.lookup(bar_index, horizon=1)

@@ -121,6 +121,7 @@ class MarketReplayVecEnv(VecEnv):
         rows = episode_capacity(cfg, self.market) if cfg.record_ledger else 0
         self._ledger = np.zeros((2, rows, n, len(LEDGER_COLUMNS)), dtype=np.float64)
         self._done_meta = np.zeros((n, 2), dtype=np.int64)  # steps, first bar
+        self._round_done = np.zeros(n, dtype=bool)  # test mode: finished since all last did
         self._first_start, self._last_start = episode_starts(cfg, self.market)
         self._blank_infos: list[dict[str, Any]] = [{} for _ in range(n)]
         self._ok_shapes = ((n,), (n, 1))
@@ -187,6 +188,7 @@ class MarketReplayVecEnv(VecEnv):
         ids = np.arange(n, dtype=np.int64)
         candles, account = self._new_obs()
         self._reset_envs(ids, candles, account)
+        self._round_done[:] = False
         self.reset_infos = [self._info(i, 0.0) for i in range(n)]
         self._started = True
         return {"candles": candles, "account": account}
@@ -375,6 +377,7 @@ class MarketReplayVecEnv(VecEnv):
             "counters": self._counters.copy(),
             "ledger": self._ledger.copy(),
             "done_meta": self._done_meta.copy(),
+            "round_done": self._round_done.astype(np.int64),
             "rng": rng,
         }
 
@@ -398,6 +401,8 @@ class MarketReplayVecEnv(VecEnv):
                     f"{target.shape}: build it with the same candles, config and n_envs."
                 )
             target[...] = value
+        round_done = state.get("round_done")  # absent from states saved before it existed
+        self._round_done[:] = False if round_done is None else np.asarray(round_done, dtype=bool)
         for i, words in enumerate(np.asarray(state["rng"], dtype=np.int64)):
             self._rngs[i] = _pcg64_from_words(words)
         self._started = True
@@ -453,7 +458,12 @@ class MarketReplayVecEnv(VecEnv):
         account: np.ndarray,
         infos: list[dict[str, Any]],
     ) -> None:
-        """Infos of the finished envs, then archive their ledgers and restart them."""
+        """Infos of the finished envs, then archive their ledgers and restart them.
+
+        Test mode keeps each env's *first* episode since the last time every env finished:
+        an env ruined again before the others end (a pass that restarted and was ruined a
+        second time) does not overwrite its completed ledger, which holds the pass.
+        """
         ids = dones.nonzero()[0]
         starts = np.empty(ids.shape[0], dtype=np.int64)
         ends = np.empty(ids.shape[0], dtype=np.int64)
@@ -466,6 +476,10 @@ class MarketReplayVecEnv(VecEnv):
                 "TimeLimit.truncated": bool(counters.item(i, C_TRUNCATED)),
             }
             starts[j], ends[j] = self._draw(i)
+        repeat = np.zeros(0, dtype=np.int64)
+        if self.config.mode == "test":
+            repeat = ids[self._round_done[ids]]
+            kept_meta, kept_slot = self._done_meta[repeat].copy(), counters[repeat, C_SLOT].copy()
         restart_kernel(
             ids,
             starts,
@@ -480,6 +494,12 @@ class MarketReplayVecEnv(VecEnv):
             candles,
             account,
         )
+        if self.config.mode == "test":
+            # a repeat finish restarts in the slot it used, keeping the completed episode
+            self._done_meta[repeat], counters[repeat, C_SLOT] = kept_meta, kept_slot
+            self._round_done[ids] = True
+            if self._round_done.all():
+                self._round_done[:] = False
         equity0 = float(self.config.initial_equity)
         for j, i in enumerate(ids.tolist()):
             self.reset_infos[i] = {

@@ -7,6 +7,8 @@ Arrays and policies in, results out: no run directories, no files, no CLI (those
 
     result = backtest(policies, test_candles, passes=50, env_config=env_config, seed=0)
     result.verdict.label               # LEARNED / CONSISTENT-BUT-NO-EDGE / RANDOM / INCONCLUSIVE
+                                       # (IN-SAMPLE instead of LEARNED off an untouched test
+                                       # split: backtest(..., sample=Sample(split=...)))
     summary = result.summary()         # every number of backtest.json
     html = render_report(summary)      # the self-contained HTML report
 
@@ -44,10 +46,20 @@ from .stats import (
     probabilistic_sharpe_ratio,
     probability_of_improvement,
     probability_of_improvement_ci,
+    seasonal_period,
     sharpe_ratio,
 )
 from .streaming import PassAccumulator, PassSummary
-from .verdict import LABELS, Verdict, VerdictConfig, VerdictInputs, judge, judge_inputs, relabel
+from .verdict import (
+    LABELS,
+    Sample,
+    Verdict,
+    VerdictConfig,
+    VerdictInputs,
+    judge,
+    judge_inputs,
+    relabel,
+)
 
 __all__ = [
     "LABELS",
@@ -55,6 +67,7 @@ __all__ = [
     "PassAccumulator",
     "PassResult",
     "PassSummary",
+    "Sample",
     "SeedPasses",
     "Verdict",
     "VerdictConfig",
@@ -80,6 +93,7 @@ __all__ = [
     "relabel",
     "render_report",
     "run_policy_passes",
+    "seasonal_period",
     "sharpe_ratio",
 ]
 

@@ -2,13 +2,17 @@
 
 For each policy (one per training seed) :func:`backtest` runs, over the same test bars and
 costs: K stochastic passes (sampled actions), one deterministic pass (the mean), and K
-**exposure-matched random** passes (the policy's own |position| path with a random sign at
-every bar: same exposure, random direction and timing, no skill); plus
-flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
-policy encodes the test series once and shares it across its K passes. The passes are not
-stored: :mod:`evaluation.streaming` folds each chunk of bars into every statistic the
-summary and the verdict (:func:`evaluation.verdict.judge_inputs`) need, so memory does not
-grow with passes x bars; ``keep_ledgers=True`` also keeps the per-bar arrays.
+**exposure-matched random** passes (the policy's own |position| path with its own
+direction pattern shifted to a random time: same exposure and turnover, random timing, no
+skill; :func:`exposure_matched_random`); plus
+flat and buy-and-hold once. A policy's passes go through the batched env in lockstep; the
+MLKV policy encodes the test series once and shares it across its K passes. The random
+passes follow in a second walk of the same env and costs (their shifted direction path
+can look ahead, so it needs the policy's whole walk: 5 bytes per pass-bar of one policy
+are kept for it, see :func:`policy_passes`). The passes are not stored:
+:mod:`evaluation.streaming` folds each chunk of bars into every statistic the summary and
+the verdict (:func:`evaluation.verdict.judge_inputs`) need, so memory does not grow with
+passes x bars x seeds; ``keep_ledgers=True`` also keeps the per-bar arrays.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from envs.kernels import M_CLOSE, MarketArrays
 
 from . import stats
 from .passes import CHUNK, PassResult, ScheduledRun, iter_policy_passes, walk_times
-from .streaming import PassAccumulator, PassSummary, RandomSigns
-from .verdict import Verdict, VerdictConfig, VerdictInputs, judge_inputs
+from .streaming import PassAccumulator, PassSummary, RandomTargets, random_timing
+from .verdict import Sample, Verdict, VerdictConfig, VerdictInputs, judge_inputs
 
 FORMAT = "mlkv-trader-backtest"
 VERSION = 1
@@ -69,20 +73,41 @@ class BacktestResult:
 
 
 def exposure_matched_random(positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random-direction copies of position paths: ``|p_t| * eps_t``, ``eps_t`` iid +-1.
+    """Random-timing copies of position paths, matched on exposure *and* turnover.
 
-    Same exposure profile as the policy (and so the same scale of per-bar risk), random
-    direction and timing: the null the verdict's dispersion test was calibrated against
-    (``experiments/studies/calibrate_verdict.py``).
+    Row ``k``: ``|p_t| * b * d_{(t - u) mod N}``, where ``d_t`` is the sign of the row's own
+    positions (zeros take the previous non-zero sign), circularly shifted by a random
+    ``u`` in ``1..N-1`` and flipped by a random sign ``b``. So each random pass holds the
+    policy's exposure ``|p_t|`` bar by bar, changes direction as often as the policy does
+    (the same holding runs, one more at most at the wrap), and pays about the same costs;
+    only its timing is random. A sign drawn independently per bar instead flips every
+    other bar and pays ~1 unit of turnover per bar, so the random band would measure costs
+    rather than timing (issue 15). Shifting a path against the returns keeps its own
+    autocorrelation: the random-timing idea of the verdict's circular-shift test
+    (Lotwick & Silverman 1982).
 
     Args:
         positions: ``[K, N]`` positions of K passes.
-        rng: the generator of the random signs.
+        rng: the generator of the shifts and signs.
 
     Returns:
         ``[K, N]`` target positions for the random passes.
     """
-    return np.abs(positions) * rng.choice(np.array([-1.0, 1.0]), size=positions.shape)
+    p = np.asarray(positions, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"positions must have shape [K, N]; got {p.shape}.")
+    k, n = p.shape
+    sign = np.sign(p)
+    # zeros take the previous non-zero sign (leading zeros the first one; all zero: +1)
+    idx = np.where(sign != 0.0, np.arange(n)[None, :], -1)
+    idx = np.maximum.accumulate(idx, axis=1)
+    first = np.argmax(sign != 0.0, axis=1)
+    idx = np.where(idx < 0, first[:, None], idx)
+    direction = np.take_along_axis(sign, idx, axis=1)
+    direction = np.where(direction == 0.0, 1.0, direction)
+    shift, flip = random_timing(rng, k, n)  # streamed by RandomTargets: the same draws
+    cols = (np.arange(n)[None, :] - shift[:, None]) % n
+    return np.abs(p) * flip[:, None] * np.take_along_axis(direction, cols, axis=1)
 
 
 def backtest(
@@ -96,6 +121,9 @@ def backtest(
     verdict_config: VerdictConfig | None = None,
     on_policy_done: Any = None,
     keep_ledgers: bool = False,
+    sample: Sample | None = None,
+    bars_per_year: float | None = None,
+    period: int | None = None,
 ) -> BacktestResult:
     """Backtest policies across ``passes`` stochastic passes each, plus baselines, and judge.
 
@@ -116,7 +144,15 @@ def backtest(
         on_policy_done: optional callback ``(index, name) -> None`` for progress display.
         keep_ledgers: also keep every pass's per-bar arrays (``PassSummary.ledgers``);
             memory ``~50 bytes x passes x bars``. Off: only the streaming statistics,
-            ``O(passes x (n_windows + plot points) + bars)`` per policy.
+            ``O(passes x (n_windows + plot points) + bars)`` per policy, plus, while one
+            policy runs, the direction path the random null needs (5 bytes x passes x bars,
+            freed after it; see :func:`policy_passes`).
+        sample: which split the candles are and how the checkpoints were chosen (see
+            :class:`evaluation.verdict.Sample`); None: an untouched test split, one trial.
+        bars_per_year: annualisation; None infers it from the candles' frequency
+            (:func:`evaluation.stats.infer_bars_per_year`). Pass the whole dataset's value.
+        period: calendar cycle of the random-timing null in bars; None detects it from the
+            timestamps (:func:`evaluation.stats.seasonal_period`: 24 for H1, 5 for daily).
     """
     policies = list(policies) if isinstance(policies, (list, tuple)) else [policies]
     if not policies:
@@ -137,7 +173,7 @@ def backtest(
             on_policy_done(i, name)
     return combine(
         seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config,
-        keep_ledgers=keep_ledgers,
+        keep_ledgers=keep_ledgers, sample=sample, bars_per_year=bars_per_year, period=period,
     )
 
 
@@ -183,9 +219,19 @@ def policy_passes(
     """One policy's K stochastic passes, its deterministic pass and K random passes.
 
     Seeded by ``(seed, index)`` alone, so policy ``index`` of a set gets the same passes
-    whether the set runs in one process or as one task per policy. The three groups walk the
-    test period together, a chunk of bars at a time: the random passes follow the policy's
-    own positions with random signs, so nothing of size ``K x n_bars`` is kept unless
+    whether the set runs in one process or as one task per policy (or one task per pass
+    group). Two streaming phases, a chunk of bars at a time:
+
+    1. the K stochastic passes and the deterministic one walk the test period in lockstep;
+       their statistics are folded in as they go, and the group's ``|p_t|`` (float32) and
+       direction (int8) are kept for the random null (:class:`RandomTargets`);
+    2. the K random passes (:func:`exposure_matched_random`: the policy pass's exposure
+       with its own direction path shifted by a random ``u``; the shift can look ahead,
+       so this phase needs the whole policy walk) then walk the same env and cost path
+       (the replay kernel) with targets taken from that stored path chunk by chunk.
+
+    Memory: 5 bytes per pass-bar of this policy's passes while it runs (freed after it),
+    besides the accumulators; nothing else of size ``K x n_bars`` is kept unless
     ``keep_ledgers``.
 
     Args:
@@ -219,9 +265,10 @@ def policy_passes(
     sto = PassAccumulator(group.size, times, n_windows, sigma=True, keep_ledgers=keep_ledgers)
     det = PassAccumulator(1, times, n_windows, sigma=True, keep_ledgers=keep_ledgers)
     rnd = PassAccumulator(group.size, times, n_windows, keep_ledgers=keep_ledgers)
-    signs = RandomSigns(np.random.default_rng([seed, index]), passes, n_steps)
-    random_run = ScheduledRun(candles, env, group.size, seed)
-    # K stochastic passes and the deterministic one (last row) in one lockstep run
+    # exposure_matched_random(positions, default_rng([seed, index])), streamed: the shifts
+    # and flips of all K passes are drawn here, the group's rows kept
+    targets = RandomTargets(np.random.default_rng([seed, index]), passes, n_steps, group)
+    # phase 1: K stochastic passes and the deterministic one (last row) in one lockstep run
     chunks = iter_policy_passes(
         policy,
         candles,
@@ -234,16 +281,18 @@ def policy_passes(
     for chunk in chunks:
         for first in range(0, chunk.positions.shape[1], CHUNK):  # generic: one big chunk
             cols = slice(first, first + CHUNK)
-            t0 = chunk.first + first
             pos, ret = chunk.positions[:, cols], chunk.log_returns[:, cols]
             cost, mean, sigma = chunk.costs[:, cols], chunk.mean[:, cols], chunk.sigma[:, cols]
             sto.update(ret[group], pos[group], cost[group], mean[group], sigma[group])
             if with_det:
                 det.update(ret[-1:], pos[-1:], cost[-1:], mean[-1:], sigma[-1:])
-            # exposure_matched_random(positions, rng), a chunk of bars at a time
-            signs_chunk = signs.take(t0, t0 + pos.shape[1], group)
-            r = random_run.step(np.abs(pos[group]) * signs_chunk)
-            rnd.update(r.log_returns, r.positions, r.costs)
+            targets.add(pos[group])
+    # phase 2: the random passes through the same env and costs, a chunk at a time
+    random_run = ScheduledRun(candles, env, group.size, seed)
+    for t0 in range(0, n_steps, CHUNK):
+        r = random_run.step(targets.take(t0, min(t0 + CHUNK, n_steps)))
+        rnd.update(r.log_returns, r.positions, r.costs)
+    del targets
     deterministic = det.finish() if with_det else None
     return SeedPasses(name or f"policy-{index}", sto.finish(), deterministic, rnd.finish())
 
@@ -307,14 +356,26 @@ def combine(
     seed: int = 0,
     verdict_config: VerdictConfig | None = None,
     keep_ledgers: bool = False,
+    sample: Sample | None = None,
+    bars_per_year: float | None = None,
+    period: int | None = None,
 ) -> BacktestResult:
-    """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes."""
+    """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes.
+
+    ``keep_ledgers``, ``sample``, ``bars_per_year`` and ``period`` as in :func:`backtest`.
+    """
     cfg = verdict_config or VerdictConfig()
     n_windows = cfg.n_windows
     market = _market(candles)
     buy_and_hold = _scheduled(np.ones((1, 1)), market, env_config, seed, n_windows, keep_ledgers)
     flat = _scheduled(np.zeros((1, 1)), market, env_config, seed, n_windows, keep_ledgers)
     n_steps = buy_and_hold.n_bars
+    times = buy_and_hold.times
+    if period is None:
+        period = min(stats.seasonal_period(times), max(1, n_steps // 2))
+    if bars_per_year is None:
+        bars_per_year = stats.infer_bars_per_year(times)
+    smp = sample if sample is not None else Sample()
     for s in seeds:
         if s.stochastic.window_totals.shape[1] != n_windows:
             raise ValueError(
@@ -330,7 +391,7 @@ def combine(
         policy_totals=np.stack([s.stochastic.totals for s in seeds]),
         market_returns=buy_and_hold.mean_returns,
     )
-    verdict = judge_inputs(inputs, cfg)
+    verdict = judge_inputs(inputs, cfg, period=period, sample=smp)
     price = market.market[-n_steps:, M_CLOSE].copy()
     settings = {
         "passes": seeds[0].stochastic.n_passes,
@@ -338,6 +399,13 @@ def combine(
         "env": _test_env(env_config).to_dict(),
         "n_bars": n_steps,
         "policies": [s.name for s in seeds],
+        "bars_per_year": float(bars_per_year),
+        "timing_period": int(period),
+        "split": smp.split,
+        "checkpoint": smp.checkpoint,
+        "selected_on": smp.selected_on,
+        "n_trials": smp.n_trials,
+        "in_sample": smp.in_sample,
     }
     return BacktestResult(seeds, buy_and_hold, flat, price, verdict, settings)
 
@@ -356,6 +424,50 @@ def _mean_metrics(p: PassSummary, bars_per_year: float) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def trial_sharpe_variance(seed_sharpes: np.ndarray, n_bars: int) -> float:
+    """Variance ``V`` of the trials' per-bar Sharpe ratios for the Deflated Sharpe Ratio.
+
+    The across-seed variance of the deterministic passes' per-bar Sharpe ratios (seeds are
+    trials of the same configuration), but never below ``1 / (n_bars - 1)``, the sampling
+    variance of a per-bar Sharpe estimate under the null of no skill (Lo 2002, "The
+    Statistics of Sharpe Ratios", FAJ 58(4)); with one seed that floor is used alone.
+    Bailey & Lopez de Prado (2014) estimate ``V`` across the trials they deflate for.
+    """
+    floor = 1.0 / max(n_bars - 1, 1)
+    finite = seed_sharpes[np.isfinite(seed_sharpes)]
+    if finite.size < 2:
+        return floor
+    return max(float(np.var(finite, ddof=1)), floor)
+
+
+def random_null_match(seeds: list[SeedPasses]) -> dict[str, Any]:
+    """What the random passes match: mean exposure and turnover, policy vs random passes.
+
+    From the streaming accumulators (per-pass exposure, turnover and costs), the same
+    numbers :func:`evaluation.stats.exposure` / :func:`evaluation.stats.turnover` and the
+    summed costs give on the full ``[K, N]`` arrays (up to summation order).
+    """
+    pol = [s.stochastic for s in seeds]
+    rnd = [s.random for s in seeds]
+
+    def mean_of(name: str, passes: list[PassSummary]) -> float:
+        return float(np.mean(np.concatenate([getattr(p, name) for p in passes])))
+
+    return {
+        "design": (
+            "each random pass holds the policy pass's exposure |p_t| bar by bar with the "
+            "pass's own direction pattern shifted to a random time (and flipped at random): "
+            "same exposure, same number of direction changes, random timing"
+        ),
+        "policy_exposure": mean_of("exposures", pol),
+        "random_exposure": mean_of("exposures", rnd),
+        "policy_turnover": mean_of("turnovers", pol),
+        "random_turnover": mean_of("turnovers", rnd),
+        "policy_costs": float(np.mean([p.cost_totals.mean() for p in pol])),
+        "random_costs": float(np.mean([p.cost_totals.mean() for p in rnd])),
+    }
+
+
 def summarise(result: BacktestResult) -> dict[str, Any]:
     """Every number of a backtest as a JSON-ready dict: bands, pass totals, metrics, verdict.
 
@@ -363,32 +475,33 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
     (:data:`evaluation.streaming.PLOT_POINTS`: every bar of a shorter test period).
     """
     seeds = result.seeds
-    bars_per_year = stats.infer_bars_per_year(result.times)
     plot = result.buy_and_hold.plot_bars
     policy_cum = np.concatenate([s.stochastic.plot_cum for s in seeds])
     random_cum = np.concatenate([s.random.plot_cum for s in seeds])
-    trial_sharpes = np.concatenate([s.stochastic.sharpes() for s in seeds])
+    bpy = result.settings.get("bars_per_year") or stats.infer_bars_per_year(result.times)
+    n_bars = result.buy_and_hold.n_bars
+    seed_sharpes = np.array([s.deterministic.sharpes()[0] for s in seeds])
+    # the trials behind the selection: configs x checkpoints x seeds (recorded by the runs),
+    # at least the seeds judged here; the K passes of one policy are not trials
+    n_trials = max(int(result.settings.get("n_trials") or 1), len(seeds))
+    trials = (n_trials, trial_sharpe_variance(seed_sharpes, n_bars))
     rows = []
     for s in seeds:
         rows.append(
             {
                 "name": f"{s.name} (deterministic)",
-                "metrics": s.deterministic.metrics(0, trial_sharpes, bars_per_year),
+                "metrics": s.deterministic.metrics(0, bars_per_year=bpy, trials=trials),
             }
         )
         rows.append(
             {
                 "name": f"{s.name} (mean of {s.stochastic.n_passes} passes)",
-                "metrics": _mean_metrics(s.stochastic, bars_per_year),
+                "metrics": _mean_metrics(s.stochastic, bpy),
             }
         )
-        rows.append(
-            {"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random, bars_per_year)}
-        )
-    rows.append(
-        {"name": "buy-and-hold", "metrics": result.buy_and_hold.metrics(0, None, bars_per_year)}
-    )
-    rows.append({"name": "flat", "metrics": result.flat.metrics(0, None, bars_per_year)})
+        rows.append({"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random, bpy)})
+    rows.append({"name": "buy-and-hold", "metrics": result.buy_and_hold.metrics(0, None, bpy)})
+    rows.append({"name": "flat", "metrics": result.flat.metrics(0, None, bpy)})
     seed_means = np.array([s.stochastic.totals.mean() for s in seeds])
     random_totals = np.concatenate([s.random.totals for s in seeds])
     if len(seeds) > 1:
@@ -428,7 +541,12 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
             "policy": [_round(s.stochastic.totals) for s in seeds],
             "random": [_round(s.random.totals) for s in seeds],
         },
-        "metrics": {"rows": rows, "across_seeds": across},
+        "metrics": {
+            "rows": rows,
+            "across_seeds": across,
+            "dsr_trials": {"n_trials": trials[0], "sr_variance": trials[1]},
+        },
+        "random_null": random_null_match(seeds),
     }
 
 

@@ -6,8 +6,11 @@ Two paths give identical results for the MLKV policy:
   by all K passes; each step only runs the small heads on ``encoded[bar_index]``;
 * per-step (generic): any object with SB3's ``predict(obs, deterministic=...)``.
 
-Stochastic passes sample ``a ~ N(mean, sigma)`` (clipped to [-1, 1]) from torch's global RNG,
-seeded per call, exactly as SB3's ``predict(deterministic=False)`` does.
+Stochastic passes sample ``a ~ N(mean, sigma)`` (clipped to [-1, 1]) exactly as SB3's
+``predict(deterministic=False)`` does, from a private copy of torch's RNG seeded per call
+(:func:`torch.random.fork_rng`): the caller's global RNG state, CPU and CUDA, is the same
+after a call as before, so a validation pass during training never resets the exploration
+noise of the training seeds (issue 15). The env draws from its own numpy generator.
 """
 
 from __future__ import annotations
@@ -149,10 +152,14 @@ def iter_policy_passes(
     n_steps = venv.market.n_bars - 1 - venv.walk_start
     bar = venv.walk_start
     actor = _actor(policy)
-    torch.manual_seed(seed)
     with torch.inference_mode():  # no autograd bookkeeping at all: ~10% of a small op
         encoded = policy.encode_bars(venv.features)  # [n_bars, D]
         mask_t = torch.as_tensor(mask, device=encoded.device)[:, None]
+        # a private generator seeded like torch.manual_seed(seed) seeds the global one: the
+        # same draws, and the caller's global RNG (CPU and CUDA) is never touched, even
+        # between the chunks this generator yields (issue 15)
+        generator = torch.Generator(device=encoded.device)
+        generator.manual_seed(seed)
         for first in range(0, n_steps, chunk):
             c = min(chunk, n_steps - first)
             actions = np.empty((c, n_passes))
@@ -163,7 +170,7 @@ def iter_policy_passes(
                 rows = encoded[bar + first + j].expand(n_passes, -1)  # [K, D]: one bar for all
                 mean, log_sigma = actor(rows, torch.from_numpy(account).to(encoded.device))
                 sigma = log_sigma.exp()
-                action = _draw(mean, sigma, mask, mask_t).clamp(-1.0, 1.0)
+                action = _draw(mean, sigma, mask, mask_t, generator).clamp(-1.0, 1.0)
                 actions[j] = action.cpu().numpy()[:, 0]
                 means[j] = mean.cpu().numpy()[:, 0]
                 sigmas[j] = sigma.cpu().numpy()[:, 0]
@@ -196,14 +203,20 @@ def _actor(policy: Any) -> Any:
 
 
 def _draw(
-    mean: torch.Tensor, sigma: torch.Tensor, mask: np.ndarray, mask_t: torch.Tensor
+    mean: torch.Tensor,
+    sigma: torch.Tensor,
+    mask: np.ndarray,
+    mask_t: torch.Tensor,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``mean + eps * sigma`` drawn exactly as SB3's ``DiagGaussianDistribution`` samples
     (``Normal.rsample``: one ``normal_`` draw of the batch's shape), the masked rows'
     means; no draw when every row is deterministic."""
     if mask.all():
         return mean
-    eps = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_()
+    eps = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_(
+        generator=generator
+    )
     action = mean + eps * sigma  # SB3's scale is ones_like(mean) * sigma: the same floats
     if mask.any():
         action = torch.where(mask_t, mean, action)
@@ -229,7 +242,8 @@ def run_policy_passes(
         n_passes: K, the number of passes (envs stepped together).
         deterministic: act with the mean instead of sampling; a bool mask ``[n_passes]``
             makes only the passes it marks deterministic (the others still sample).
-        seed: seeds torch's RNG for the sampled actions (and the env).
+        seed: seeds the sampled actions (a private fork of torch's RNG; the global state
+            is left as it was) and the env.
         fast: use the encode-once path when the policy supports it.
     """
     chunks = list(
@@ -255,11 +269,38 @@ def _generic_passes(
     mask: np.ndarray,
     seed: int,
 ) -> PassChunk:
-    """The per-step path for any ``predict`` policy: every step's observation, one chunk."""
+    """The per-step path for any ``predict`` policy: every step's observation, one chunk,
+    sampled inside a forked, seeded copy of torch's RNG (the global state is left as it was)."""
+    devices = _cuda_devices(policy)
+    with torch.random.fork_rng(devices=devices):
+        # seed only the forked generators (torch.manual_seed would also queue a seed for
+        # every CUDA device, outside the fork)
+        torch.random.default_generator.manual_seed(seed)
+        for d in devices:
+            torch.cuda.default_generators[d].manual_seed(seed)
+        return _generic_chunk(policy, candles, env_config, n_passes, mask, seed)
+
+
+def _cuda_devices(policy: Any) -> list[int]:
+    """CUDA devices the policy samples on (their RNG is forked too); [] on CPU."""
+    params = getattr(policy, "parameters", None)
+    if params is None or not torch.cuda.is_available():
+        return []
+    return sorted({p.device.index or 0 for p in params() if p.device.type == "cuda"})
+
+
+def _generic_chunk(
+    policy: Any,
+    candles: pd.DataFrame | MarketArrays,
+    env_config: EnvConfig,
+    n_passes: int,
+    mask: np.ndarray,
+    seed: int,
+) -> PassChunk:
+    """:func:`_generic_passes` inside its forked, seeded RNG."""
     venv = MarketReplayVecEnv(candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed)
     finished = np.zeros(n_passes, dtype=bool)
     obs = venv.reset()
-    torch.manual_seed(seed)
     with torch.no_grad():
         while not finished.all():
             action = _predict(policy, obs, mask)

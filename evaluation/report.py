@@ -1,8 +1,10 @@
 """Self-contained HTML report of a backtest (images embedded), from ``backtest.json``.
 
-Sections: verdict and its checks; equity band of the K passes (median, 5-95%) vs the
-exposure-matched random band and buy-and-hold; drawdown; histogram of pass results vs random
-passes; policy sigma over time against the price; per-seed metrics; configuration.
+Sections: verdict and its checks (with an IN-SAMPLE warning off an untouched test split);
+the random null (exposure, turnover and costs it matches, policy vs random); equity band
+of the K passes (median, 5-95%) vs the exposure-matched random band and buy-and-hold;
+drawdown; histogram of pass results vs random passes; policy sigma over time against the
+price; per-seed metrics; configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pandas as pd
 
 SECTIONS = (
     "Verdict",
+    "Random null",
     "Equity",
     "Drawdown",
     "Pass results",
@@ -57,7 +60,7 @@ max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 .label{display:inline-block;padding:.3rem .8rem;border-radius:.4rem;font-weight:700;
 color:#fff;font-size:1.3rem}
-.LEARNED{background:#1b7f3b}.RANDOM{background:#9b1c1c}.INCONCLUSIVE{background:#8a6d00}
+.LEARNED{background:#1b7f3b}.RANDOM{background:#9b1c1c}.INCONCLUSIVE{background:#8a6d00}.IN-SAMPLE{background:#b45309}
 .CONSISTENT-BUT-NO-EDGE{background:#1f4e8c}
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 td,th{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
@@ -78,6 +81,7 @@ def render_report(result: dict[str, Any]) -> str:
         f"{_esc(result['settings']['passes'])} stochastic passes over {len(times):,} bars "
         f"({_esc(times[0])} .. {_esc(times[-1])}).</p>",
         _section("Verdict", _verdict_html(verdict)),
+        _section("Random null", _null_html(result)),
         _section(
             "Equity",
             _img(_equity_plot(times, s))
@@ -136,11 +140,55 @@ def _verdict_html(v: dict[str, Any]) -> str:
     headline = v["explanation"].split("\n")[0]  # the checks follow in the table
     return (
         f"<p><span class='label {_esc(v['label'])}'>{_esc(v['label'])}</span>"
-        f"</p><p>{_esc(headline)}</p><table><tr><th class='l'>check</th>"
+        f"</p>{_sample_html(v)}<p>{_esc(headline)}</p><table><tr><th class='l'>check</th>"
         "<th>statistic</th><th>p-value</th><th>threshold</th><th>result</th>"
         "<th class='l'>what was measured</th></tr>" + "".join(rows) + "</table>"
         f"<p>Dispersion ratio rho = {_fmt(v['rho'])}; share of seeds that are decisive with "
-        f"a positive edge: {_fmt(v['seed_share'], '{:.0%}')}.</p>"
+        f"both edges significant on their own: {_fmt(v['seed_share'], '{:.0%}')}.</p>"
+    )
+
+
+def _sample_html(v: dict[str, Any]) -> str:
+    """Which bars were judged; a warning banner when they are not an untouched test split."""
+    sample = v.get("sample") or {}
+    split, ck = sample.get("split", "test"), sample.get("checkpoint")
+    what = f"{split} split" + (f", {ck} checkpoint" if ck else "")
+    if sample.get("selected_on"):
+        what += f" (chosen on the {sample.get('selected_on')} split)"
+    trials = sample.get("n_trials")
+    what += f"; trials behind it (configs x checkpoints x seeds): {trials}" if trials else ""
+    if v.get("in_sample"):
+        return (
+            "<p class='fail'>IN-SAMPLE: these bars are not an untouched test split ("
+            + _esc(what)
+            + "). The statistics are no evidence of out-of-sample skill"
+            + (
+                f"; they would say {_esc(v.get('statistical_label'))}"
+                if v.get("statistical_label") != v.get("label")
+                else ""
+            )
+            + ".</p>"
+        )
+    return f"<p>Judged on the {_esc(what)}.</p>"
+
+
+def _null_html(result: dict[str, Any]) -> str:
+    """What the exposure-matched random passes match, policy vs random."""
+    null = result.get("random_null")
+    if not null:
+        return "<p>(not recorded)</p>"
+    rows = "".join(
+        f"<tr><td class='l'>{_esc(name)}</td><td>{_fmt(null.get('policy_' + key))}</td>"
+        f"<td>{_fmt(null.get('random_' + key))}</td></tr>"
+        for name, key in (
+            ("mean exposure |p|", "exposure"),
+            ("turnover per pass", "turnover"),
+            ("costs per pass", "costs"),
+        )
+    )
+    return (
+        f"<p>{_esc(null.get('design', ''))}.</p><table><tr><th class='l'>matched on</th>"
+        f"<th>policy passes</th><th>random passes</th></tr>{rows}</table>"
     )
 
 

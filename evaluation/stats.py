@@ -57,6 +57,7 @@ __all__ = [
     "probability_of_improvement_ci",
     "profit_factor",
     "return_moments",
+    "seasonal_period",
     "sharpe_ratio",
     "sortino_ratio",
     "stratified_bootstrap_ci",
@@ -110,13 +111,38 @@ def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
 # --------------------------------------------------------------------------- time scale
 
 
-def infer_bars_per_year(timestamps: ArrayLike | pd.DatetimeIndex) -> float:
-    """Bars per year implied by the bar timestamps.
+def _timestamps(timestamps: ArrayLike | pd.DatetimeIndex, what: str) -> pd.DatetimeIndex:
+    ts = pd.DatetimeIndex(pd.to_datetime(timestamps))
+    if len(ts) < 2:
+        raise ValueError(f"timestamps needs at least 2 bars to infer {what}; got {len(ts)}.")
+    if not ts.is_monotonic_increasing or ts.has_duplicates:
+        raise ValueError(f"timestamps must be strictly increasing to infer {what}.")
+    return ts
 
-    ``bars_per_year = (n_bars - 1) / span_in_years`` with the span between the first and
-    last timestamp measured in Julian years (365.25 days). Counting bars actually present
-    (rather than using the median bar spacing) accounts for weekends and holidays: one year
-    of EURUSD H1 candles gives ~6,200, one year of daily equity closes ~252.
+
+def _bar_spacing(ts: pd.DatetimeIndex) -> float:
+    """The most common spacing between bars, seconds (the data's frequency)."""
+    gaps = np.diff(ts.as_unit("ns").asi8) / 1e9
+    values, counts = np.unique(gaps, return_counts=True)
+    return float(values[np.argmax(counts)])
+
+
+def infer_bars_per_year(timestamps: ArrayLike | pd.DatetimeIndex) -> float:
+    """Bars per year implied by the bar timestamps: the data's frequency, not its span.
+
+    * A year or more of bars: ``(n_bars - 1) / span_in_years`` (Julian years of 365.25
+      days). Counting bars actually present accounts for weekends and holidays: EURUSD H1
+      gives ~6,200, daily equity closes ~252.
+    * One week to a year: the weekly calendar. Bars fall into slots of the week (weekday
+      and time of day at the bar spacing); ``bars_per_year = n_slots * 365.25 / 7`` with
+      ``n_slots`` the slots that hold any bar, i.e. the trading week the data shows (120
+      H1 slots for FX, Sunday 22:00 to Friday 21:00: ~6,260; 168 for 24/7 crypto; 5
+      daily slots: ~261). The span of a short split is the wrong yardstick: a split that
+      starts on a Monday and ends on a Friday misses a weekend (an H1 split without one
+      gives ~8,760 instead of ~6,200, inflating Sharpe ratios by ~18%). Holidays are not
+      seen, so this errs ~1-3% high; pass the whole dataset, or an explicit value, when
+      that matters.
+    * Less than a week: the span (nothing better is known; pass ``bars_per_year``).
 
     Args:
         timestamps: ``[n_bars]`` increasing timestamps (``DatetimeIndex``, datetime64 array
@@ -128,13 +154,42 @@ def infer_bars_per_year(timestamps: ArrayLike | pd.DatetimeIndex) -> float:
     Raises:
         ValueError: fewer than 2 timestamps, or they are not strictly increasing.
     """
-    ts = pd.DatetimeIndex(pd.to_datetime(timestamps))
-    if len(ts) < 2:
-        raise ValueError(f"timestamps needs at least 2 bars to infer bars per year; got {len(ts)}.")
-    if not ts.is_monotonic_increasing or ts.has_duplicates:
-        raise ValueError("timestamps must be strictly increasing to infer bars per year.")
-    span = (ts[-1] - ts[0]).total_seconds() / SECONDS_PER_YEAR
-    return (len(ts) - 1) / span
+    ts = _timestamps(timestamps, "bars per year")
+    span_s = (ts[-1] - ts[0]).total_seconds()
+    week = 7 * 86400.0
+    if span_s >= SECONDS_PER_YEAR or span_s < week:
+        return (len(ts) - 1) / (span_s / SECONDS_PER_YEAR)
+    spacing = _bar_spacing(ts)
+    ns = ts.as_unit("ns")
+    since_monday = ns.day_of_week.to_numpy() * 86400.0 + (
+        ns.asi8 - ns.normalize().asi8
+    ) / 1e9  # seconds into the week of each bar
+    n_slots = np.unique(np.floor(since_monday / min(spacing, week))).size
+    return float(n_slots * (SECONDS_PER_YEAR / 86400.0) / 7.0)
+
+
+def seasonal_period(timestamps: ArrayLike | pd.DatetimeIndex) -> int:
+    """Bars per calendar cycle of the data: the step of the verdict's random-timing shifts.
+
+    Intraday bars: bars per day (24 for H1, 96 for M15), the intraday volatility cycle.
+    Daily bars: bars per week (5 without weekend bars, 7 with). Anything else (weekly bars,
+    irregular spacing that does not divide a day): 1, i.e. no cycle.
+
+    Args:
+        timestamps: ``[n_bars]`` increasing timestamps.
+
+    Returns:
+        The period in bars, >= 1.
+    """
+    ts = _timestamps(timestamps, "the calendar period")
+    spacing = _bar_spacing(ts)
+    day = 86400.0
+    if spacing < day and day % spacing == 0:
+        return int(day // spacing)
+    if spacing == day:
+        weekend = np.isin(ts.day_of_week.to_numpy(), (5, 6)).mean()
+        return 7 if weekend > 0.05 else 5
+    return 1
 
 
 # --------------------------------------------------------------------------- returns

@@ -343,6 +343,21 @@ class PassSummary:
         """float64 ``[K]``: total log return of each pass."""
         return self.state[:, _TOTAL].copy()
 
+    @property
+    def exposures(self) -> np.ndarray:
+        """float64 ``[K]``: mean gross exposure ``mean_t |p_t|`` of each pass."""
+        return self.state[:, _EXPOSURE] / self.state[:, _N]
+
+    @property
+    def turnovers(self) -> np.ndarray:
+        """float64 ``[K]``: total turnover ``sum_t |p_t - p_{t-1}|`` of each pass."""
+        return self.state[:, _TURNOVER].copy()
+
+    @property
+    def cost_totals(self) -> np.ndarray:
+        """float64 ``[K]``: costs paid by each pass (sum of per-bar fractions of equity)."""
+        return self.state[:, _COSTS].copy()
+
     def rows(self, index: slice) -> PassSummary:
         """The passes ``index`` selects; per-bar means are recomputed only with ledgers."""
         ledgers = None if self.ledgers is None else self.ledgers.rows(index)
@@ -373,9 +388,18 @@ class PassSummary:
         return sr, 0.0, 3.0, n
 
     def metrics(
-        self, k: int, trial_sharpes: np.ndarray | None = None, bars_per_year: float | None = None
+        self,
+        k: int,
+        trial_sharpes: np.ndarray | None = None,
+        bars_per_year: float | None = None,
+        *,
+        trials: tuple[int, float] | None = None,
     ) -> dict[str, float]:
-        """:func:`evaluation.stats.pass_metrics` of pass ``k`` (same keys, same formulas)."""
+        """:func:`evaluation.stats.pass_metrics` of pass ``k`` (same keys, same formulas).
+
+        ``trials = (n_trials, sr_variance)`` deflates the DSR against the real trials (the
+        configs x checkpoints x seeds behind the selection) instead of ``trial_sharpes``.
+        """
         s = self.state[k]
         n = int(s[_N])
         if n < 2:
@@ -390,6 +414,8 @@ class PassSummary:
                 raise ValueError("trial_sharpes has a non-finite value.")
             n_trials = int(ts.size)
             sr_var = float(np.var(ts, ddof=1)) if n_trials > 1 else 0.0
+        if trials is not None:
+            n_trials, sr_var = int(trials[0]), float(trials[1])
         mean = s[_TOTAL] / n
         sd = math.sqrt(s[_M2] / (n - 1))
         constant = s[_MAX] - s[_MIN] == 0.0
@@ -441,42 +467,88 @@ class PassSummary:
         }
 
 
-class RandomSigns:
-    """The signs of :func:`evaluation.backtest.exposure_matched_random`, a chunk of bars at a time.
+def random_timing(
+    rng: np.random.Generator, n_passes: int, n_bars: int
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    """The draws of :func:`evaluation.backtest.exposure_matched_random` for ``K`` rows:
+    ``shift[K]`` in ``1 .. n_bars - 1`` (0 for one bar) and ``flip[K]`` in ``{-1, +1}``,
+    in that order from ``rng``."""
+    k, n = int(n_passes), int(n_bars)
+    shift = rng.integers(1, n, size=k) if n > 1 else np.zeros(k, dtype=np.int64)
+    flip = rng.choice(np.array([-1.0, 1.0]), size=k)
+    return shift, flip
 
-    ``exposure_matched_random`` draws ``rng.choice([-1, 1], size=(K, n_bars))`` at once; for
-    a 2-way choice numpy's ``Generator`` takes element ``i`` (row-major) from the top bit of
-    the ``i``-th 32-bit output of the bit generator, two per 64-bit PCG64 output. This class
-    jumps the PCG64 stream (``advance``) to any ``[K, t0:t1]`` block, so the random passes can
-    run in lockstep with the policy's without storing its ``[K, n_bars]`` positions. Tested
-    equal to the one-shot draw; a fresh generator (no draws before) is required.
+
+class RandomTargets:
+    """:func:`evaluation.backtest.exposure_matched_random`, built from a streamed policy walk.
+
+    The random pass of row ``k`` holds ``|p_t| * b_k * d_{(t - u_k) mod N}``: the shift can
+    look ahead, so the policy pass's whole direction path must exist before a random pass
+    can be stepped. :meth:`add` takes the policy passes' positions chunk by chunk and keeps
+    ``|p_t|`` as float32 (targets are rounded to float32 anyway, so the targets are the same
+    floats as the one-shot function's) and the direction ``d_t`` as int8: 5 bytes per
+    pass-bar, for one policy's passes at a time. :meth:`take` then gives the targets of
+    any block of bars. The shifts and flips are drawn for all ``K`` passes at construction
+    (:func:`random_timing`, the one-shot function's draws), so a pass group (``rows``) gets
+    exactly the targets its rows have in the full run.
     """
 
-    def __init__(self, rng: np.random.Generator, n_passes: int, n_bars: int) -> None:
-        bit_generator = rng.bit_generator
-        if not isinstance(bit_generator, np.random.PCG64):
-            raise ValueError("RandomSigns needs a PCG64 generator (np.random.default_rng).")
-        if bit_generator.state["has_uint32"]:
-            raise ValueError("RandomSigns needs a generator that has not drawn yet.")
-        self._state = bit_generator.state
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        n_passes: int,
+        n_bars: int,
+        rows: NDArray[np.int64] | None = None,
+    ) -> None:
         self.n_passes, self.n_bars = int(n_passes), int(n_bars)
+        shift, flip = random_timing(rng, self.n_passes, self.n_bars)
+        rows = np.arange(self.n_passes) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.shift, self.flip = shift[rows], flip[rows]
+        g = rows.size
+        self.exposure = np.zeros((g, self.n_bars), dtype=np.float32)  # |p_t|
+        self.direction = np.zeros((g, self.n_bars), dtype=np.int8)  # d_t (0: none yet)
+        self._last = np.zeros(g, dtype=np.int8)  # last non-zero sign so far
+        self._filled = 0
+        self._done = False
 
-    def take(self, t0: int, t1: int, rows: NDArray[np.int64] | None = None) -> NDArray[np.float64]:
-        """float64 ``[K, t1 - t0]``: the signs of bars ``t0 .. t1 - 1`` of every pass (or of
-        the passes ``rows``)."""
-        rows = np.arange(self.n_passes) if rows is None else np.asarray(rows)
-        t0, t1 = int(t0), int(t1)
-        out = np.empty((rows.size, t1 - t0))
-        if t1 <= t0:
-            return out
-        for row, k in enumerate(rows.tolist()):
-            i0 = k * self.n_bars + t0
-            j0, j1 = i0 // 2, (i0 + t1 - t0 - 1) // 2
-            bit_generator = np.random.PCG64()
-            bit_generator.state = self._state
-            bit_generator.advance(int(j0))
-            raw = bit_generator.random_raw(int(j1 - j0 + 1))
-            halves = np.stack([raw & 0xFFFFFFFF, raw >> 32], axis=1).reshape(-1)  # uint32 order
-            bits = (halves[i0 - 2 * j0 : i0 - 2 * j0 + t1 - t0] >> 31).astype(np.float64)
-            out[row] = 2.0 * bits - 1.0
-        return out
+    def add(self, positions: NDArray[np.float64]) -> None:
+        """The next ``C`` bars of the policy passes' positions ``[G, C]``."""
+        p = np.asarray(positions, dtype=np.float64)
+        t0, t1 = self._filled, self._filled + p.shape[1]
+        if t1 > self.n_bars:
+            raise ValueError(f"RandomTargets got {t1} bars of a {self.n_bars}-bar walk.")
+        self.exposure[:, t0:t1] = np.abs(p)
+        sign = np.sign(p).astype(np.int8)
+        # zeros take the previous non-zero sign: forward fill within the chunk, carrying
+        # the last sign of the previous chunk in
+        idx = np.where(sign != 0, np.arange(p.shape[1])[None, :], -1)
+        idx = np.maximum.accumulate(idx, axis=1)
+        filled = np.take_along_axis(sign, np.maximum(idx, 0), axis=1)
+        self.direction[:, t0:t1] = np.where(idx < 0, self._last[:, None], filled)
+        if p.shape[1]:
+            self._last = self.direction[:, t1 - 1].copy()
+        self._filled = t1
+
+    def _finish(self) -> None:
+        """Leading zeros take the first non-zero sign; an all-zero row is +1."""
+        if self._filled != self.n_bars:
+            raise ValueError(
+                f"RandomTargets has {self._filled} of {self.n_bars} bars of the policy walk."
+            )
+        d = self.direction
+        has = d != 0
+        first = np.argmax(has, axis=1)
+        first_sign = d[np.arange(d.shape[0]), first]
+        first_sign = np.where(first_sign == 0, 1, first_sign).astype(np.int8)
+        for row in np.flatnonzero(~has[:, 0]):  # only rows that start flat
+            lead = int(first[row]) if has[row].any() else self.n_bars
+            d[row, :lead] = first_sign[row]
+        self._done = True
+
+    def take(self, t0: int, t1: int) -> NDArray[np.float64]:
+        """float64 ``[G, t1 - t0]``: the random passes' targets at bars ``t0 .. t1 - 1``."""
+        if not self._done:
+            self._finish()
+        cols = (np.arange(int(t0), int(t1))[None, :] - self.shift[:, None]) % self.n_bars
+        d = np.take_along_axis(self.direction, cols, axis=1).astype(np.float64)
+        return self.exposure[:, t0:t1].astype(np.float64) * self.flip[:, None] * d

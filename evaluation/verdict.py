@@ -20,17 +20,28 @@ times over the *same* test bars with sampled actions. Four checks, each one-side
    buy-and-hold, ``e_t = mean_{seed, pass} r_t - m_t``; one-sided p-value of ``mean(e) > 0``
    from a stationary block bootstrap of ``e``. Does not credit plain market exposure.
 3. **edge vs random timing**: ``T = sum_t P_t m_t`` for the pass-averaged position path
-   ``P`` against all ``n_bars`` circular shifts of ``P`` (same exposure profile, timing
-   destroyed); exact randomisation p-value when market returns are exchangeable. Catches
-   policies that only beat buy-and-hold by being short in a falling market.
-4. **seed stability**: the share of seeds that are individually decisive (``rho <=
-   rho_max``) with positive point estimates of both edges must reach ``min_seed_share``.
+   ``P`` against its circular shifts by whole periods of the market's calendar cycle
+   (``period`` bars: 24 for H1, 5 for daily bars; 1 = every shift): same exposure profile,
+   each position kept at its hour/weekday, timing destroyed; exact randomisation p-value
+   when the market returns are exchangeable under such shifts (e.g. independent with a
+   periodic volatility). Catches policies that only beat buy-and-hold by being short in a
+   falling market.
+4. **seed stability**: the share of seeds with *their own evidence*: decisive (``rho <=
+   rho_max``) and both edges significant for that seed, the per-seed p-values
+   (``max(excess_p, timing_p)``, an intersection-union test) judged with Hochberg's
+   step-up procedure at ``edge_alpha``; the share must reach ``min_seed_share``.
 
-Labels: ``LEARNED`` = consistency, both edges and stability pass; ``INCONCLUSIVE`` =
+A verdict also knows which bars it judged (:class:`Sample`): on anything but an untouched
+test split (the validation split the ``best`` checkpoint was chosen on, or ``all`` bars,
+training included) a would-be ``LEARNED`` is labelled ``IN-SAMPLE`` and every headline
+says so.
+
+Labels: ``LEARNED`` = consistency, both edges and stability pass on an untouched test
+split (``IN-SAMPLE`` otherwise); ``INCONCLUSIVE`` =
 an edge without consistency (or, without consistency, at least a random-timing edge), an
 edge that does not hold on enough seeds, or seeds that disagree (some seed passes every
-test on its own, at Bonferroni-corrected levels ``alpha / n_seeds`` and ``edge_alpha /
-n_seeds``, while the pool is not LEARNED); ``CONSISTENT-BUT-NO-EDGE`` = decisive,
+test on its own, its consistency at ``alpha / n_seeds`` and its edges kept by Hochberg's
+procedure, while the pool is not LEARNED); ``CONSISTENT-BUT-NO-EDGE`` = decisive,
 no edge; ``RANDOM`` = neither consistent nor any timing edge. Both edge tests are
 needed: the random-timing null alone is fooled by rules selected on the test data, the
 buy-and-hold test alone credits market exposure. A t-test on pass results
@@ -55,15 +66,18 @@ from .bootstrap import BootstrapMethod, block_bootstrap_means, default_block_len
 __all__ = [
     "CONSISTENT_BUT_NO_EDGE",
     "INCONCLUSIVE",
+    "IN_SAMPLE",
     "LABELS",
     "LEARNED",
     "RANDOM",
     "Check",
+    "Sample",
     "SeedResult",
     "Verdict",
     "VerdictConfig",
     "VerdictInputs",
     "brown_forsythe_one_sided",
+    "hochberg_reject",
     "judge",
     "judge_inputs",
     "naive_pass_ttest",
@@ -75,7 +89,9 @@ LEARNED = "LEARNED"
 CONSISTENT_BUT_NO_EDGE = "CONSISTENT-BUT-NO-EDGE"
 RANDOM = "RANDOM"
 INCONCLUSIVE = "INCONCLUSIVE"
-LABELS = (LEARNED, CONSISTENT_BUT_NO_EDGE, RANDOM, INCONCLUSIVE)
+IN_SAMPLE = "IN-SAMPLE"
+"""What a would-be LEARNED becomes on bars that are not an untouched test split."""
+LABELS = (LEARNED, CONSISTENT_BUT_NO_EDGE, RANDOM, INCONCLUSIVE, IN_SAMPLE)
 
 MIN_BARS_PER_WINDOW = 10
 """Each dispersion sub-window must hold at least this many bars."""
@@ -123,6 +139,51 @@ class VerdictConfig:
             )
 
 
+SPLITS_OUT_OF_SAMPLE = ("test",)
+"""Splits a verdict may call out-of-sample (when no checkpoint was chosen on them)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Which bars a verdict judged and how the judged policies were chosen.
+
+    ``best`` checkpoints are chosen on the validation split, so a backtest on ``validation``
+    with ``best`` judges the very bars the choice was made on; ``all`` holds the training
+    bars. Only a ``test`` split that nothing was chosen on supports an out-of-sample claim.
+    """
+
+    split: str = "test"  # bars judged: test | validation | all (or another name)
+    checkpoint: str | None = None  # which checkpoint: best | final | None (not said)
+    selected_on: str | None = None  # split the checkpoint/config was chosen on, None if none
+    n_trials: int = 1  # configs x checkpoints x seeds looked at (for the Deflated Sharpe)
+
+    def __post_init__(self) -> None:
+        if int(self.n_trials) != self.n_trials or self.n_trials < 1:
+            raise ValueError(f"Sample.n_trials must be an int >= 1; got {self.n_trials}.")
+
+    @property
+    def in_sample(self) -> bool:
+        """True unless the bars are an untouched test split."""
+        return self.split not in SPLITS_OUT_OF_SAMPLE or self.selected_on in (
+            self.split,
+            "all",
+        )
+
+    def describe(self) -> str:
+        """Plain English: which bars, which checkpoint, and why it is (not) out of sample."""
+        ck = f", {self.checkpoint} checkpoint" if self.checkpoint else ""
+        chosen = f" chosen on the {self.selected_on} split" if self.selected_on else ""
+        if not self.in_sample:
+            return f"{self.split} split{ck}{chosen}: untouched by training and selection"
+        if self.split == "all":
+            why = "these bars include the training bars"
+        elif self.selected_on in (self.split, "all"):
+            why = "the checkpoint was chosen on these bars"
+        else:
+            why = f"the {self.split} split is not an untouched test split"
+        return f"{self.split} split{ck}{chosen}: {why}"
+
+
 @dataclass(frozen=True)
 class Check:
     """One of the four checks behind a verdict."""
@@ -149,7 +210,7 @@ class SeedResult:
     excess_p: float  # block-bootstrap p-value of a positive mean excess
     timing_edge: float  # sum_t P_t m_t minus its mean over circular shifts
     timing_p: float  # circular-shift p-value
-    supports: bool  # rho <= rho_max and both edge point estimates > 0
+    supports: bool  # rho <= rho_max and both edges kept by Hochberg's procedure
 
 
 @dataclass(frozen=True)
@@ -168,13 +229,18 @@ class Verdict:
     timing_null_mean: float  # mean of the statistic over all circular shifts
     timing_null_sd: float  # its standard deviation over the shifts
     timing_p: float  # share of shifts (including 0) scoring at least the observed value
-    seed_share: float  # share of seeds that are decisive with a positive edge
+    timing_period: int  # shifts are whole multiples of this many bars (the calendar cycle)
+    n_timing_shifts: int  # shifts in the random-timing null (its p-value >= 1 / this)
+    seed_share: float  # share of seeds with their own evidence (decisive, both edges)
     seeds: tuple[SeedResult, ...]  # per-seed details
     n_seeds: int  # training seeds judged
     n_passes: int  # stochastic passes per seed, K
     n_random_passes: int  # exposure-matched random passes per seed, K_r
     n_bars: int  # bars in the test period
     block_length: float  # mean bootstrap block length actually used, bars
+    statistical_label: str  # the label the statistics give, before the in-sample guard
+    in_sample: bool  # True unless the bars are an untouched test split
+    sample: Sample = field(default_factory=Sample)  # which bars, which checkpoint, trials
     config: VerdictConfig = field(default_factory=VerdictConfig)  # thresholds used
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,28 +394,82 @@ def _dispersion(
 
 
 def _circular_timing(
-    positions: NDArray[np.float64], market: NDArray[np.float64]
+    positions: NDArray[np.float64], market: NDArray[np.float64], period: int = 1
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Random-timing null by circular shifts, for each row of ``positions [R, n_bars]``.
+    """Random-timing null by circular shifts of whole periods, for each row of ``positions``.
 
-    ``T(s) = sum_t P_{(t - s) mod n} m_t`` for all shifts s = 0..n-1 (one FFT per row). Under
-    exchangeable market returns independent of the timing, the rank of ``T(0)`` among the
-    ``T(s)`` is uniform, so ``p = #{s : T(s) >= T(0)} / n`` is an exact one-sided p-value
-    (ties count against the policy). Shifting keeps the position path's exposure profile
-    and autocorrelation and destroys its alignment with the returns: the one-dimensional
-    case of the toroidal-shift test of Lotwick & Silverman (1982), "Methods for analysing
-    spatial processes of several types of points", JRSS B 44(3).
+    ``T(s) = sum_t P_{(t - s) mod n} m_t`` for the shifts ``s = 0, period, 2 period, ...``
+    (one FFT per row). With ``period = 1`` every shift is used; with the market's calendar
+    cycle (24 bars for H1, 5 for daily bars) every shifted position stays at its own hour
+    or weekday. The first ``n_bars mod period`` bars are left out so that the series holds
+    whole cycles and the wrap-around keeps the phase too. Under market returns that are
+    exchangeable under these shifts and independent of the timing (e.g. independent with a
+    periodic volatility profile), the rank of ``T(0)`` among the ``T(s)`` is uniform, so
+    ``p = #{s : T(s) >= T(0)} / n_shifts`` is an exact one-sided p-value (ties count against
+    the policy), never below ``1 / n_shifts``. Shifts that are not whole cycles move
+    positions sized for a volatile hour onto quiet hours: their ``T(s)`` are less dispersed
+    than ``T(0)`` and the test rejects too often (``docs/evaluator.md``). Shifting keeps the
+    position path's exposure profile and autocorrelation and destroys its alignment with
+    the returns: the one-dimensional case of the toroidal-shift test of Lotwick &
+    Silverman (1982), "Methods for analysing spatial processes of several types of points",
+    JRSS B 44(3). The whole-cycle rotations form a group that leaves a cyclostationary
+    series' distribution invariant, which is what makes the randomisation test exact (the
+    randomisation hypothesis, Lehmann & Romano 2005, "Testing Statistical Hypotheses", 3rd
+    ed., Sec. 15.2); all single-bar rotations do not.
+
+    Args:
+        positions: ``[R, n_bars]`` position paths.
+        market: ``[n_bars]`` market log returns.
+        period: shift step in bars, ``1 <= period <= n_bars // 2``.
 
     Returns:
-        ``(T0, null_mean, null_sd, p)``, each ``[R]``.
+        ``(T0, null_mean, null_sd, p)``, each ``[R]``, over the kept bars.
     """
+    n_all = market.size
+    if int(period) != period or not 1 <= period <= n_all // 2:
+        raise ValueError(
+            f"period must be an int in [1, n_bars // 2 = {n_all // 2}] bars; got {period}."
+        )
+    period = int(period)
+    skip = n_all % period  # keep whole cycles: the wrap-around then keeps the phase too
+    positions, market = positions[:, skip:], market[skip:]
     n = market.size
     t0 = positions @ market  # [R], exact
-    shifted = np.fft.irfft(np.fft.rfft(market)[None] * np.conj(np.fft.rfft(positions, axis=1)), n=n)
+    spectrum = np.fft.rfft(market)[None] * np.conj(np.fft.rfft(positions, axis=1))
+    shifted = np.fft.irfft(spectrum, n=n)[:, ::period]  # [R, n / period] whole-cycle shifts
     shifted[:, 0] = t0  # shift 0 exactly
     tol = 1e-9 * (np.abs(positions) @ np.abs(market)) + 1e-300
     p = np.mean(shifted >= (t0 - tol)[:, None], axis=1)
     return t0, shifted.mean(axis=1), shifted.std(axis=1), p
+
+
+def hochberg_reject(p_values: ArrayLike, alpha: float) -> NDArray[np.bool_]:
+    """Hochberg's step-up procedure: which hypotheses to reject at family-wise level ``alpha``.
+
+    Sort the ``m`` p-values ``p_(1) <= ... <= p_(m)``; find the largest ``i`` with
+    ``p_(i) <= alpha / (m - i + 1)`` and reject the hypotheses of ``p_(1) .. p_(i)``.
+    Hochberg (1988), "A sharper Bonferroni procedure for multiple tests of significance",
+    Biometrika 75(4). It controls the family-wise error under independence and under
+    positive regression dependence (Sarkar 1998, Ann. Statist. 26(2)), which per-seed tests
+    on one shared market path have. Unlike Bonferroni it keeps power when all hypotheses
+    are false together: equal p-values below ``alpha`` are all rejected; a lone small
+    p-value needs ``p <= alpha / m``.
+
+    Args:
+        p_values: ``[m]`` p-values.
+        alpha: family-wise level.
+
+    Returns:
+        ``[m]`` bool, True where the hypothesis is rejected.
+    """
+    p = np.asarray(p_values, dtype=np.float64).ravel()
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    ok = p[order] <= alpha / (m - np.arange(m))  # i = 1..m -> alpha / (m - i + 1)
+    reject = np.zeros(m, dtype=bool)
+    if ok.any():
+        reject[order[: int(np.flatnonzero(ok).max()) + 1]] = True
+    return reject
 
 
 def _bootstrap_p(means: NDArray[np.float64], observed: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -372,6 +492,9 @@ def judge(
     market_returns: ArrayLike,
     policy_positions: ArrayLike,
     config: VerdictConfig | None = None,
+    *,
+    period: int = 1,
+    sample: Sample | None = None,
 ) -> Verdict:
     """Judge whether a stochastic policy has learned, from its repeated test passes.
 
@@ -386,20 +509,28 @@ def judge(
         policy_positions: ``[n_seeds, K, n_bars]`` position held during each bar of each
             policy pass (fraction of equity, short < 0).
         config: thresholds; ``VerdictConfig()`` by default.
+        period: the market's calendar cycle in bars (24 for H1 bars, 5 for daily bars, 1
+            for none); the random-timing null shifts by whole cycles only. See
+            :func:`evaluation.stats.seasonal_period`.
+        sample: which bars were judged and how the policy was chosen; ``None`` assumes an
+            untouched test split. On any other sample a would-be LEARNED is ``IN-SAMPLE``.
 
     Returns:
         A :class:`Verdict`; deterministic for given inputs and ``config.seed``.
 
     Raises:
         ValueError: wrong number of dimensions, mismatched shapes (the message names the
-            argument and the expected shape), K or K_r < 2, non-finite values, or fewer than
-            ``10 * n_windows`` bars.
+            argument and the expected shape), K or K_r < 2, non-finite values, fewer than
+            ``10 * n_windows`` bars, or a ``period`` outside ``[1, n_bars // 2]``.
     """
     cfg = config if config is not None else VerdictConfig()
+    smp = sample if sample is not None else Sample()
     pr, rr, m, pos = _validate(
         policy_returns, random_returns, market_returns, policy_positions, cfg
     )
-    return judge_inputs(VerdictInputs.from_arrays(pr, rr, m, pos, cfg.n_windows), cfg)
+    return judge_inputs(
+        VerdictInputs.from_arrays(pr, rr, m, pos, cfg.n_windows), cfg, period=period, sample=smp
+    )
 
 
 @dataclass(frozen=True)
@@ -438,14 +569,24 @@ class VerdictInputs:
         )
 
 
-def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> Verdict:
+def judge_inputs(
+    inputs: VerdictInputs,
+    config: VerdictConfig | None = None,
+    *,
+    period: int = 1,
+    sample: Sample | None = None,
+) -> Verdict:
     """:func:`judge` from its reduced inputs (what a streaming backtest accumulates).
+
+    ``period`` and ``sample`` as in :func:`judge`.
 
     Raises:
         ValueError: mismatched shapes, K or K_r < 2, non-finite values, windows that do not
-            match ``config.n_windows``, or fewer than ``10 * n_windows`` bars.
+            match ``config.n_windows``, fewer than ``10 * n_windows`` bars, or a ``period``
+            outside ``[1, n_bars // 2]``.
     """
     cfg = config if config is not None else VerdictConfig()
+    smp = sample if sample is not None else Sample()
     x_tot = _as_array(inputs.policy_window_totals, "policy_window_totals", 3, "[S, K, W]")
     y_tot = _as_array(inputs.random_window_totals, "random_window_totals", 3, "[S, K_r, W]")
     mean_r = _as_array(inputs.policy_mean_returns, "policy_mean_returns", 2, "[S, n_bars]")
@@ -502,8 +643,9 @@ def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> 
     # 3. edge vs random timing ---------------------------------------------------------
     seed_mean_pos = mean_p  # [S, n_bars]
     paths = np.concatenate([seed_mean_pos.mean(axis=0, keepdims=True), seed_mean_pos])
-    t0, null_mean, null_sd, timing_p = _circular_timing(paths, m)
+    t0, null_mean, null_sd, timing_p = _circular_timing(paths, m, period)
     timing_edge = t0 - null_mean
+    n_shifts = (n_bars - n_bars % int(period)) // int(period)
 
     d = _decide(
         rho=rho,
@@ -517,6 +659,7 @@ def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> 
         seed_timing_edge=timing_edge[1:],
         seed_timing_p=timing_p[1:],
         config=cfg,
+        in_sample=smp.in_sample,
     )
     seeds = tuple(
         SeedResult(
@@ -568,8 +711,9 @@ def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> 
             passed=d.edge_timing,
             description=(
                 f"timing statistic sum(P_t m_t) = {t0[0]:+.4g} vs {null_mean[0]:+.4g} "
-                f"+/- {null_sd[0]:.3g} over {n_bars} circular shifts of the mean position "
-                f"path, p = {timing_p[0]:.2g} (needs < {cfg.edge_alpha:g})"
+                f"+/- {null_sd[0]:.3g} over {n_shifts} circular shifts of the mean position "
+                f"path by whole cycles of {int(period)} bar(s), p = {timing_p[0]:.2g} "
+                f"(needs < {cfg.edge_alpha:g})"
             ),
         ),
         "seed_stability": Check(
@@ -579,13 +723,14 @@ def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> 
             threshold=cfg.min_seed_share,
             passed=d.stable,
             description=(
-                f"{int(d.supports.sum())}/{n_seeds} seeds are decisive with a positive edge "
-                f"(needs >= {cfg.min_seed_share:.0%}); {d.n_seed_learned}/{n_seeds} pass every "
-                f"test on their own (levels divided by {n_seeds})"
+                f"{int(d.supports.sum())}/{n_seeds} seeds are decisive with both edges "
+                f"significant on their own (Hochberg at {cfg.edge_alpha:g} over {n_seeds} "
+                f"seeds; needs >= {cfg.min_seed_share:.0%}); {d.n_seed_learned}/{n_seeds} also "
+                f"pass consistency at {cfg.alpha:g}/{n_seeds}"
             ),
         ),
     }
-    explanation = _explain(d.label, checks, d.n_seed_learned, n_seeds, k)
+    explanation = _explain(d.label, d.statistical_label, checks, d.n_seed_learned, n_seeds, k, smp)
     return Verdict(
         label=d.label,
         explanation=explanation,
@@ -599,6 +744,8 @@ def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> 
         timing_null_mean=float(null_mean[0]),
         timing_null_sd=float(null_sd[0]),
         timing_p=float(timing_p[0]),
+        timing_period=int(period),
+        n_timing_shifts=n_shifts,
         seed_share=d.seed_share,
         seeds=seeds,
         n_seeds=n_seeds,
@@ -606,6 +753,9 @@ def judge_inputs(inputs: VerdictInputs, config: VerdictConfig | None = None) -> 
         n_random_passes=k_r,
         n_bars=n_bars,
         block_length=block,
+        statistical_label=d.statistical_label,
+        in_sample=smp.in_sample,
+        sample=smp,
         config=cfg,
     )
 
@@ -619,6 +769,7 @@ class _Decision:
     supports: NDArray[np.bool_]
     seed_share: float
     n_seed_learned: int
+    statistical_label: str
     label: str
 
 
@@ -635,6 +786,7 @@ def _decide(
     seed_timing_edge: NDArray[np.float64],
     seed_timing_p: NDArray[np.float64],
     config: VerdictConfig,
+    in_sample: bool = False,
 ) -> _Decision:
     """The decision rule: statistics in, label out. The one place thresholds are applied."""
     cfg = config
@@ -642,17 +794,20 @@ def _decide(
     edge_bh = excess_p < cfg.edge_alpha
     edge_timing = timing_p < cfg.edge_alpha
     edge = edge_bh and edge_timing
-    supports = (seed_rho <= cfg.rho_max) & (seed_excess > 0.0) & (seed_timing_edge > 0.0)
+    # a seed counts only with its own evidence: both of its edges significant (the larger
+    # p-value: intersection-union), the n_seeds tests judged with Hochberg's step-up rule
+    seed_edge_p = np.maximum(seed_excess_p, seed_timing_p)
+    own_edge = (
+        hochberg_reject(seed_edge_p, cfg.edge_alpha)
+        & (seed_excess > 0.0)
+        & (seed_timing_edge > 0.0)
+    )
+    supports = (seed_rho <= cfg.rho_max) & own_edge
     seed_share = float(np.mean(supports))
     stable = seed_share >= cfg.min_seed_share
-    # "some seed passes every test on its own" is n_seeds tests: Bonferroni-corrected levels
+    # "some seed passes every test on its own": its consistency at a Bonferroni level too
     n_seeds = seed_rho.size
-    seed_learned = (
-        (seed_consistency_p < cfg.alpha / n_seeds)
-        & (seed_rho <= cfg.rho_max)
-        & (seed_excess_p < cfg.edge_alpha / n_seeds)
-        & (seed_timing_p < cfg.edge_alpha / n_seeds)
-    )
+    seed_learned = supports & (seed_consistency_p < cfg.alpha / n_seeds)
     n_seed_learned = int(seed_learned.sum())
     if consistent and edge and stable:
         label = LEARNED
@@ -664,6 +819,9 @@ def _decide(
         label = INCONCLUSIVE
     else:
         label = RANDOM
+    statistical_label = label
+    if in_sample and label == LEARNED:
+        label = IN_SAMPLE
     return _Decision(
         consistent=bool(consistent),
         edge_bh=bool(edge_bh),
@@ -672,6 +830,7 @@ def _decide(
         supports=supports,
         seed_share=seed_share,
         n_seed_learned=n_seed_learned,
+        statistical_label=statistical_label,
         label=label,
     )
 
@@ -705,6 +864,7 @@ def relabel(verdict: Verdict, config: VerdictConfig) -> str:
         seed_timing_edge=np.array([s.timing_edge for s in seeds]),
         seed_timing_p=np.array([s.timing_p for s in seeds]),
         config=config,
+        in_sample=verdict.in_sample,
     ).label
 
 
@@ -722,11 +882,21 @@ _HEADLINES = {
         "there is no edge: the policy still acts like a coin."
     ),
     INCONCLUSIVE: "INCONCLUSIVE: {why}.",
+    IN_SAMPLE: (
+        "IN-SAMPLE: the statistics would say LEARNED, but the bars judged are the {sample}; "
+        "that is no evidence of out-of-sample skill: judge an untouched test split."
+    ),
 }
 
 
 def _explain(
-    label: str, checks: dict[str, Check], n_seed_learned: int, n_seeds: int, k: int
+    label: str,
+    statistical_label: str,
+    checks: dict[str, Check],
+    n_seed_learned: int,
+    n_seeds: int,
+    k: int,
+    sample: Sample,
 ) -> str:
     c = checks
     failed_edges = [
@@ -738,7 +908,7 @@ def _explain(
         if not c[key].passed
     ]
     why = ""
-    if label == INCONCLUSIVE:
+    if statistical_label == INCONCLUSIVE:
         reasons = []
         if n_seed_learned > 0:
             reasons.append(
@@ -766,7 +936,11 @@ def _explain(
                 f"{' and '.join(failed_edges)})"
             )
         why = "; ".join(reasons)
-    head = _HEADLINES[label].format(k=k, failed=" and ".join(failed_edges) or "the nulls", why=why)
+    head = _HEADLINES[label].format(
+        k=k, failed=" and ".join(failed_edges) or "the nulls", why=why, sample=sample.describe()
+    )
+    if sample.in_sample and label != IN_SAMPLE:
+        head = f"IN-SAMPLE ({sample.describe()}): {head}"
     lines = [head]
     for check in c.values():
         lines.append(f"- {check.name} [{'pass' if check.passed else 'FAIL'}]: {check.description}.")

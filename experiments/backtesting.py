@@ -7,6 +7,7 @@ one task per run on a backend (:mod:`experiments.sweeps.backtest`), with equal r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,7 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluation import BacktestResult, backtest, stats
-from experiments.factory import SPLITS, candles_to_test
+from evaluation.verdict import Sample
+from experiments.factory import SPLITS, candles_to_test, load_market
 from experiments.progress import console
 from experiments.runs import default_out, load_policy, load_run_config, publish, read_json
 
@@ -47,6 +49,10 @@ class BacktestRequest:
     disk ~50 bytes x passes x bars; off: only streaming statistics are kept)."""
     pass_groups: int = 1
     """On a backend, split each run into this many tasks by passes (a very long test period)."""
+    configs_tried: int = 1
+    """Configurations tried before these runs (a search): multiplies the DSR's trials."""
+    bars_per_year: float | None = None
+    """Annualisation; None: from the frequency of the whole dataset the runs trained on."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(Path(r) for r in self.runs))
@@ -62,6 +68,63 @@ class BacktestRequest:
             )
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
+        if self.configs_tried < 1:
+            raise ValueError(f"--configs-tried must be >= 1, got {self.configs_tried}.")
+        if self.bars_per_year is not None and not self.bars_per_year > 0:
+            raise ValueError(f"--bars-per-year must be > 0, got {self.bars_per_year}.")
+
+
+def count_trials(runs: tuple[Path, ...], checkpoint: str, configs_tried: int = 1) -> int:
+    """Trials behind the judged policies: configs x checkpoints x seeds looked at.
+
+    Per run, the checkpoints looked at on the validation split to choose ``best.zip``
+    (``selection.json``; 1 for ``final`` or a run without one); the runs of a sweep count
+    all of its seeds (``sweep.json``'s ``trials``); times ``configs_tried``.
+    """
+    from experiments.train import read_selection
+
+    per_run = []
+    for run in runs:
+        looked = int(read_selection(run).get("checkpoints_evaluated", 1) or 1)
+        per_run.append(looked if checkpoint == "best" else 1)
+    seeds = len(runs)
+    for sweep in {r.resolve().parent for r in runs}:
+        seeds = max(seeds, _sweep_seeds(sweep / "sweep.json"))
+    checkpoints = max(per_run) if per_run else 1
+    return int(configs_tried) * seeds * checkpoints
+
+
+def _sweep_seeds(manifest: Path) -> int:
+    """Seeds a sweep recorded as trials (0 when there is no readable ``sweep.json``)."""
+    if not manifest.is_file():
+        return 0
+    try:
+        doc = json.loads(manifest.read_text())
+        return int(doc.get("trials", {}).get("seeds", 0) or 0)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+        return 0
+
+
+def sample_of(request: BacktestRequest) -> Sample:
+    """Which bars a request judges, how its checkpoints were chosen, and the trials."""
+    return Sample(
+        split=request.split,
+        checkpoint=request.checkpoint,
+        selected_on="validation" if request.checkpoint == "best" else None,
+        n_trials=count_trials(request.runs, request.checkpoint, request.configs_tried),
+    )
+
+
+def dataset_bars_per_year(config: Any, data: str | None = None) -> float:
+    """Bars per year from the frequency of the whole dataset (not the test span)."""
+    from experiments.config import DataConfig
+
+    cfg = (
+        config.data
+        if data is None
+        else DataConfig(source=data, fractions=config.data.fractions, embargo=config.data.embargo)
+    )
+    return stats.infer_bars_per_year(load_market(cfg).index)
 
 
 @dataclass(frozen=True)
@@ -101,8 +164,10 @@ def backtest_runs(
             "of one experiment together."
         )
     failed: dict[Path, str] = {}
+    sample = sample_of(request)
+    bars_per_year = request.bars_per_year or dataset_bars_per_year(configs[0], request.data)
     if backend is None:
-        result = _in_process(request, configs[0], show_progress)
+        result = _in_process(request, configs[0], show_progress, sample, bars_per_year)
     else:
         from experiments.sweeps.backtest import backtest_on
 
@@ -118,6 +183,8 @@ def backtest_runs(
             show_progress=show_progress,
             pass_groups=request.pass_groups,
             keep_ledgers=request.keep_ledgers,
+            sample=sample,
+            bars_per_year=bars_per_year,
         )
         if result is None:
             console.print("[red]every run failed; no report written.")
@@ -145,7 +212,13 @@ def backtest_runs(
     return BacktestOutcome(summary, json_path, report_path, {str(k): v for k, v in failed.items()})
 
 
-def _in_process(request: BacktestRequest, config: Any, show_progress: bool) -> BacktestResult:
+def _in_process(
+    request: BacktestRequest,
+    config: Any,
+    show_progress: bool,
+    sample: Sample,
+    bars_per_year: float,
+) -> BacktestResult:
     candles = candles_to_test(config, request.data, request.split)
     policies = [load_policy(r, candles=candles, prefer=request.checkpoint)[0] for r in request.runs]
     names = [str(r) for r in request.runs]
@@ -163,6 +236,8 @@ def _in_process(request: BacktestRequest, config: Any, show_progress: bool) -> B
             names=names,
             on_policy_done=lambda i, n: status.update(f"run {i + 1}/{len(names)} done: {n}"),
             keep_ledgers=request.keep_ledgers,
+            sample=sample,
+            bars_per_year=bars_per_year,
         )
 
 
@@ -201,6 +276,10 @@ def print_summary(
     """The verdict, its checks, a per-run table and where the files are, printed with rich."""
     v = summary["verdict"]
     colour = {"LEARNED": "green", "RANDOM": "red"}.get(v["label"], "yellow")
+    if v.get("in_sample"):
+        console.print(
+            "\n[bold yellow]IN-SAMPLE[/]: " + escape(v["explanation"].splitlines()[0])
+        )
     console.print(f"\nverdict: [bold {colour}]{v['label']}[/]  {escape(v['explanation'])}")
     checks = Table(title="checks")
     for col in ("check", "statistic", "p-value", "threshold", "pass"):
@@ -242,20 +321,78 @@ def seed_means(doc: dict[str, Any]) -> np.ndarray:
     return np.array([np.mean(p) for p in doc["pass_totals"]["policy"]], dtype=np.float64)
 
 
-def compare_backtests(a: Path, b: Path) -> float:
-    """Print the IQM (95% CI) of each set and return the probability that A improves on B."""
-    ma, mb = seed_means(read_json(a)), seed_means(read_json(b))
+def compare_backtests(
+    paths: list[Path], comparisons: int | None = None
+) -> dict[tuple[str, str], float]:
+    """Print the IQM (95% CI) of each set and the probability of improvement of each pair.
+
+    With ``n`` sets every pair is compared: ``n (n - 1) / 2`` comparisons, and the largest
+    of many ``P(A > B)`` looks better than it is, so each pair's CI is a simultaneous
+    (Bonferroni) interval at ``1 - 0.05 / comparisons`` and the number of comparisons is
+    printed with it.
+
+    Args:
+        paths: ``backtest.json`` of two or more sets.
+        comparisons: how many comparisons were made in all, when more were made than the
+            pairs here (e.g. earlier calls); None: the pairs here.
+
+    Returns:
+        ``P(A > B)`` for each pair ``(A, B)`` in the order given.
+
+    Raises:
+        ValueError: fewer than two sets, or ``comparisons`` below the pairs compared here.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"compare needs at least two backtests; got {len(paths)}.")
+    pairs = [(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))]
+    total = len(pairs) if comparisons is None else comparisons
+    if total < len(pairs):
+        raise ValueError(
+            f"--comparisons must be at least the {len(pairs)} pair(s) compared here; "
+            f"got {comparisons}."
+        )
+    docs = [read_json(p) for p in paths]
+    means = []
+    for path, doc in zip(paths, docs, strict=True):
+        try:
+            means.append(seed_means(doc))
+        except (KeyError, IndexError, TypeError) as err:  # valid JSON, damaged inside
+            raise ValueError(
+                f"{path}: damaged backtest.json ({type(err).__name__}: {err}); re-run "
+                "`mlkv-trader backtest` to write it again."
+            ) from err
     table = Table(title="per-run mean pass log return")
-    for col in ("set", "runs", "IQM", "95% CI"):
+    for col in ("set", "runs", "IQM", "95% CI", "trials", "sample"):
         table.add_column(col)
-    for name, x in ((str(a), ma), (str(b), mb)):
+    for path, doc, x in zip(paths, docs, means, strict=True):
         if x.size > 1:
             iqm, lo, hi = stats.iqm_ci(x, rng=0)
             ci = f"{lo:+.4f} .. {hi:+.4f}"
         else:
             iqm, ci = float(x[0]), "- (one run)"
-        table.add_row(escape(name), str(x.size), f"{iqm:+.4f}", ci)
+        settings = doc.get("settings", {})
+        in_sample = doc.get("verdict", {}).get("in_sample")
+        sample = f"IN-SAMPLE ({settings.get('split')})" if in_sample else settings.get("split", "?")
+        table.add_row(
+            escape(str(path)), str(x.size), f"{iqm:+.4f}", ci,
+            str(settings.get("n_trials", "?")), escape(str(sample)),
+        )
     console.print(table)
-    p = stats.probability_of_improvement(ma, mb)
-    console.print(f"P(A > B) = {p:.3f}")
-    return p
+    level = 0.05 / total
+    out = {}
+    for i, j in pairs:
+        a, b = str(paths[i]), str(paths[j])
+        p, lo, hi = stats.probability_of_improvement_ci(
+            means[i], means[j], confidence=1.0 - level, rng=0
+        )
+        out[(a, b)] = p
+        console.print(
+            f"P({escape(a)} > {escape(b)}) = {p:.3f}  ({100 * (1 - level):.4g}% CI "
+            f"{lo:.3f} .. {hi:.3f})"
+        )
+    console.print(
+        f"{total} comparison(s) made; each CI has {100 * (1 - level):.4g}% coverage "
+        f"(Bonferroni: 0.05/{total})"
+        + ("" if total > 1 else "; pass --comparisons N when this pair is one of N compared")
+    )
+    return out

@@ -9,19 +9,24 @@ beyond what ``weights_only=True`` allows, so a foreign file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from experiments.errors import WriteError
+
 FORMAT = "mlkv-trader-checkpoint"
 VERSION = 1
+TMP_SUFFIX = ".tmp"  # write_atomic's temporary files: ``.<name>.<random>.tmp``
 
 
 class CheckpointError(ValueError):
@@ -36,19 +41,40 @@ def write_atomic(path: Path, data: bytes) -> None:
     the new name survives a power cut.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            kept = "the file already there is unchanged" if path.exists() else "nothing written"
+            raise WriteError(
+                f"cannot write {path}: {err.strerror or err} ({kept}). Free disk space or make "
+                "the folder writable, then run the command again."
+            ) from err
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`write_atomic` left in ``directory``.
+
+    Only call it while no other process writes there (a run holds its lock). Returns them.
+    """
+    stale = sorted(Path(directory).glob(f".*{TMP_SUFFIX}"))
+    for path in stale:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return stale
 
 
 def _umask() -> int:
@@ -106,7 +132,7 @@ def load_checkpoint(
                     "from `mlkv-trader train`; an SB3 model.zip cannot be loaded here."
                 )
             meta = json.loads(zf.read("meta.json"))
-            if meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise CheckpointError(
                     f"{path}: meta.json does not describe an mlkv-trader checkpoint."
                 )
@@ -123,16 +149,31 @@ def load_checkpoint(
                     entries[name[:-3]] = tree
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, json.JSONDecodeError, EOFError, RuntimeError, KeyError) as err:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        EOFError,
+        RuntimeError,
+        KeyError,
+        OSError,
+        zlib.error,
+    ) as err:
         raise CheckpointError(
-            f"{path}: corrupted checkpoint ({type(err).__name__}: {err}). Use an earlier "
+            f"{path}: corrupted checkpoint ({_first_line(err)}). Use an earlier "
             "checkpoint from the run's checkpoints/ folder."
         ) from err
     except Exception as err:  # e.g. pickle.UnpicklingError from a foreign payload
-        raise CheckpointError(
-            f"{path}: cannot be loaded safely ({type(err).__name__}: {err})."
-        ) from err
+        raise CheckpointError(f"{path}: cannot be loaded safely ({_first_line(err)}).") from err
+
     return entries, meta
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: first line`` of an exception (torch's unpickling errors run to many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def to_tensors(tree: Any) -> Any:

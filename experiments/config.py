@@ -72,12 +72,24 @@ class ModelConfig:
     """Lower clamp of the state-dependent log-sigma."""
     log_std_max: float = 1.0
     """Upper clamp of the state-dependent log-sigma."""
+    compile: str | None = None
+    """torch.compile mode of the encoder (default, reduce-overhead, ...); null: eager. Off by
+    default: on the CPU it does not pay for its compile time (docs/benchmarks.md)."""
+    autocast_bf16: bool = False
+    """Run the encoder under bf16 autocast (the CUDA fast path; attention stays fp32)."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.window < 1:
             raise ValueError("d_model and window must be >= 1")
         if not self.log_std_min < self.log_std_init < self.log_std_max:
             raise ValueError("need log_std_min < log_std_init < log_std_max")
+        if self.memory is not None and self.memory.sparse_grad:
+            raise ConfigError(
+                "model.memory.sparse_grad",
+                "true gives the memory's value table a sparse gradient, but PPO and SAC train "
+                "with SB3's Adam and clip_grad_norm_, which take dense gradients only. Set "
+                "model.memory.sparse_grad: false (the dense gradient of the table is exact).",
+            )
         self.encoder()  # d_model vs heads, memory layers vs depth: fail at load time
 
     @property
@@ -94,6 +106,8 @@ class ModelConfig:
             window=self.window,
             memory_layers=self.memory_layers,
             memory=self.memory,
+            compile=self.compile,
+            autocast_bf16=self.autocast_bf16,
         )
 
 
@@ -201,6 +215,13 @@ class TrainConfig:
         if not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {self.reward_scale}")
         check_name(self.name)
+        if self.algo == "ppo" and self.total_steps < self.rollout_steps:
+            raise ConfigError(
+                "total_steps",
+                f"{self.total_steps} is below one PPO rollout (n_envs * ppo.n_steps = "
+                f"{self.n_envs} * {self.ppo.n_steps} = {self.rollout_steps}): the smallest "
+                f"budget is total_steps={self.rollout_steps}; or lower n_envs or ppo.n_steps.",
+            )
         rf = self.model.receptive_field
         if rf > self.env.window:
             raise ConfigError(
@@ -211,13 +232,26 @@ class TrainConfig:
                 f"model.window or the plan's KV layers.",
             )
 
+    @property
+    def rollout_steps(self) -> int:
+        """Env steps per update: ``n_envs * ppo.n_steps`` (PPO), ``n_envs`` (SAC)."""
+        return self.n_envs * (self.ppo.n_steps if self.algo == "ppo" else 1)
+
+    @property
+    def trained_steps(self) -> int:
+        """Env steps training really takes: ``total_steps`` rounded up to whole rollouts."""
+        return -(-self.total_steps // self.rollout_steps) * self.rollout_steps
+
 
 def check_name(name: str) -> str:
     """A run name is a relative path of plain parts (``ar1`` or ``study/ar1``) that stays
     inside the runs folder: no ``..``, no absolute path, no empty part."""
     parts = name.replace("\\", "/").split("/")
-    if not name or Path(name).is_absolute() or name.startswith(("/", "\\", "~")) or any(
-        p in ("", ".", "..") for p in parts
+    if (
+        not name
+        or Path(name).is_absolute()
+        or name.startswith(("/", "\\", "~"))
+        or any(p in ("", ".", "..") for p in parts)
     ):
         raise ConfigError(
             "name",

@@ -24,6 +24,15 @@ class BackendError(RuntimeError):
     """A backend cannot start (Ray missing or unreachable, bad worker counts)."""
 
 
+class WriteError(OSError):
+    """A file cannot be written (read-only folder, full disk, quota); names the file and
+    says that the file already there, if any, is unchanged."""
+
+
+class RunBusyError(RuntimeError):
+    """Another process is training in the same run directory."""
+
+
 #: What the CLI reports without a traceback (config, data and checkpoint errors are
 #: ValueErrors: ``ConfigError``, ``CandleDataError``, ``CheckpointError``).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -34,4 +43,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TrainingDivergedError,
     SweepError,
     BackendError,
+    WriteError,
+    RunBusyError,
 )

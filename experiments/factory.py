@@ -28,6 +28,18 @@ from experiments.config import SYNTHETIC_PREFIX, DataConfig, ModelConfig, TrainC
 SPLITS = ("test", "validation", "all")
 
 
+def check_source(cfg: DataConfig) -> None:
+    """Fail early (before a run or sweep directory exists) when ``data.source`` names
+    nothing: not an embedded dataset, not a synthetic market, not an existing file."""
+    if cfg.source.startswith(SYNTHETIC_PREFIX) or cfg.source in datasets.available():
+        return
+    if not Path(cfg.source).exists():
+        raise ValueError(
+            f"data.source: {cfg.source!r} is neither an embedded dataset "
+            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime'."
+        )
+
+
 def load_market(cfg: DataConfig) -> pd.DataFrame:
     """Candles named by a data config: an embedded dataset, a file, or a synthetic market."""
     if cfg.source.startswith(SYNTHETIC_PREFIX):
@@ -35,11 +47,7 @@ def load_market(cfg: DataConfig) -> pd.DataFrame:
         return synthetic.generate(name, cfg.n_bars, seed=cfg.market_seed, **cfg.params)
     if cfg.source in datasets.available():
         return datasets.load(cfg.source)
-    if not Path(cfg.source).exists():
-        raise ValueError(
-            f"data.source: {cfg.source!r} is neither an embedded dataset "
-            f"({', '.join(datasets.available())}), a file, nor 'synthetic:gbm|ar1|regime'."
-        )
+    check_source(cfg)
     return load_candles(cfg.source, time_format=cfg.time_format)
 
 

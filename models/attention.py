@@ -18,6 +18,12 @@ Two kernels, used by every mode of the encoder:
 
 Both call ``torch.nn.functional.scaled_dot_product_attention``, which picks a fused
 kernel on CUDA and a vectorised one on CPU.
+
+Precision: queries and keys arrive rotated in float32 (see :mod:`models.rotary`) and the
+attention itself runs in float32 with autocast off, also under bf16 autocast. A bar is
+rotated by different absolute angles in the three run modes; rounding the rotated vectors
+to bf16 would round each mode differently. The projections and MLPs (most of the FLOPs)
+stay in bf16.
 """
 
 from __future__ import annotations
@@ -109,7 +115,8 @@ def block_attention(
         qc = q[:, :, b0:b1].reshape(B * Hkv, b1 - b0, GW, Dh)  # [B*Hkv, nbc, G*W, Dh]
         kc = k2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
         vc = v2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
-        y = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout_p)
+        with torch.autocast(q.device.type, enabled=False):  # fp32 scores, see the module doc
+            y = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout_p)
         outs.append(y.view(B, Hkv, b1 - b0, GW, Dh))  # [B, Hkv, nbc, G*W, Dh]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # [B, Hkv, nb, G*W, Dh]
 
@@ -129,7 +136,8 @@ def step_attention(
         ``[B, Hkv, G, Dh]`` attention outputs.
     """
     mask = valid[:, None, None, :]  # [B, 1, 1, W]
-    return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+    with torch.autocast(q.device.type, enabled=False):  # fp32 scores, see the module doc
+        return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
 
 
 class SharedKVAttention(nn.Module):

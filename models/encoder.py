@@ -20,6 +20,16 @@ For ``T >= receptive_field`` the last row of ``forward(x[t-T+1 : t+1])`` equals
 ``EncoderConfig(memory_layers=(i, ...), memory=PKMConfig(...))`` replaces the MLP of the
 chosen layers with a :class:`~models.memory.ProductKeyMemory`. The memory is per token, so
 the receptive field and the equality of the three modes are unchanged.
+
+The CUDA path (``autocast_bf16``, ``compile``):
+
+* under bf16 autocast the projections and MLPs run in bf16, rotary positions and attention
+  in fp32 (:mod:`models.attention`), so the three modes still agree to bf16 rounding;
+* compiled, a series pass pads its block count to one of a few sizes
+  (:func:`series_blocks`) and keeps the batch axis dynamic, so a training run compiles a
+  bounded number of graphs instead of one per length;
+* ``step`` takes its cache as an argument; :class:`~models.streaming.StreamingEncoder`
+  owns one instead, which is what CUDA graphs need.
 """
 
 from __future__ import annotations
@@ -40,10 +50,31 @@ from .memory import MemoryUsage, PKMConfig, ProductKeyMemory
 from .plan import KVSharingPlan
 from .rotary import rotary_tables
 
-__all__ = ["EncoderConfig", "MLKVEncoder"]
+__all__ = ["EncoderConfig", "MLKVEncoder", "series_blocks"]
 
 #: Accepted values of :attr:`EncoderConfig.compile` besides ``None``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def series_blocks(nb: int, chunk_blocks: int) -> int:
+    """Blocks a *compiled* series pass pads ``nb`` blocks of ``W`` bars to.
+
+    ``torch.compile`` specialises on the block count (the attention loop runs over it), so
+    every new series length would be a new graph, and after dynamo's recompile limit (8)
+    the encoder would silently run eager. Rounding up to a few sizes bounds the graphs:
+    a power of two up to 8 blocks (1, 2, 4, 8), then a multiple of 8 blocks, then (past
+    one attention chunk) a multiple of ``chunk_blocks``; never past ``chunk_blocks`` while
+    ``nb`` fits in one chunk. The padding is at most 8 blocks (one chunk for long series),
+    and causal attention keeps it out of every real bar.
+
+    Example:
+        >>> [series_blocks(nb, 128) for nb in (1, 3, 5, 9, 19, 120, 129)]
+        [1, 4, 8, 16, 24, 120, 256]
+    """
+    if nb > chunk_blocks:
+        return -(-nb // chunk_blocks) * chunk_blocks
+    padded = 1 << (nb - 1).bit_length() if nb <= 8 else -(-nb // 8) * 8
+    return min(padded, chunk_blocks)
 
 
 @dataclass(frozen=True)
@@ -215,21 +246,18 @@ class Block(nn.Module):
             )
         self.drop = nn.Dropout(config.dropout)
 
-    def series(self, h: torch.Tensor, *attn_args: Any, n_valid: int | None = None) -> torch.Tensor:
+    def series(
+        self, h: torch.Tensor, *attn_args: Any, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[B, N, D] -> [B, N, D]``; ``attn_args`` as in :meth:`SharedKVAttention.series`.
 
-        ``n_valid``: tokens before the padding; a memory reads (and counts) only those, the
-        padded tokens get no memory update (they never reach a real token).
+        ``valid``: ``[B, N]`` bool, the tokens that are not padding (``None``: all); a memory
+        counts the reads of those only (the padded tokens never reach a real token).
         """
         h = h + self.drop(self.attn.series(self.norm1(h), *attn_args))
         if self.memory is None:
             return h + self.drop(self.mlp(self.norm2(h)))
-        N = h.shape[1]
-        n = N if n_valid is None else n_valid
-        y = self.memory(self.norm2(h[:, :n]))  # [B, n, D]
-        if n < N:
-            y = nn.functional.pad(y, (0, 0, 0, N - n))  # [B, N, D]
-        return h + self.drop(y)
+        return h + self.drop(self.memory(self.norm2(h), counted=valid))
 
     def step(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
         """``[B, D] -> [B, D]``; ``attn_args`` as in :meth:`SharedKVAttention.step`."""
@@ -249,6 +277,10 @@ class MLKVEncoder(nn.Module):
         >>> enc(torch.randn(2, enc.receptive_field, 8)).shape
         torch.Size([2, 15, 32])
     """
+
+    #: ``torch.compile`` backend when ``config.compile`` is set. Tests set ``"eager"`` (or
+    #: ``"aot_eager"``) to count dynamo graphs without paying for inductor's code generation.
+    compile_backend: str = "inductor"
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -332,7 +364,7 @@ class MLKVEncoder(nn.Module):
                 f"MLKVEncoder.forward: expected windows [B, T, F={self.config.n_features}], "
                 f"got shape {tuple(x.shape)}; use encode_series for one [N, F] series."
             )
-        return self._dispatch("series")(self._check_features(x, "forward"), self.config.chunk)
+        return self._series(self._check_features(x, "forward"), self.config.chunk)
 
     def encode_series(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """Encode every bar of one or more series in a single pass.
@@ -360,7 +392,7 @@ class MLKVEncoder(nn.Module):
         chunk = self.config.chunk if chunk is None else chunk
         if chunk < 1:
             raise ValueError(f"MLKVEncoder.encode_series: chunk must be >= 1, got {chunk}.")
-        out = self._dispatch("series")(x, chunk)  # [B, N, D]
+        out = self._series(x, chunk)  # [B, N, D]
         return out[0] if single else out
 
     def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -395,11 +427,13 @@ class MLKVEncoder(nn.Module):
         Args:
             batch: number of streams (environments).
             device: defaults to the encoder's device.
-            dtype: defaults to bfloat16 under ``autocast_bf16``, else the encoder's dtype.
+            dtype: defaults to the encoder's dtype, also under ``autocast_bf16``: the cache
+                holds keys rotated in float32, and rounding them to bf16 would make ``step``
+                differ from the other modes (see :mod:`models.attention`).
         """
         p = self.inp.weight
         if dtype is None:
-            dtype = torch.bfloat16 if self.config.autocast_bf16 else p.dtype
+            dtype = p.dtype
         return KVCache(
             self.config.plan,
             batch,
@@ -419,32 +453,94 @@ class MLKVEncoder(nn.Module):
         return x
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """bf16 autocast if configured. Its weight-cast cache is off: each weight is used once
+        per call, and a cache that outlives a CUDA graph capture is not allowed."""
         if not self.config.autocast_bf16:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def _series(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
-        """``[B, N, F] -> [B, N, D]`` with block attention (shared by forward/encode_series)."""
+        """``[B, N, F] -> [B, N, D]`` with block attention (shared by forward/encode_series).
+
+        Pads the series to whole blocks of ``W`` bars (the padding is last, so causal
+        attention keeps it out of every real bar) and runs :meth:`_blocks`. Compiled, the
+        block count is rounded up to :func:`series_blocks` and the batch axis is dynamic (at
+        least 2 rows; a power of two under ``"reduce-overhead"``, whose CUDA graphs are
+        recorded per batch size), so that a training run compiles a few graphs instead of
+        one per length (see :func:`series_blocks`). Padded rows are dropped.
+        """
+        B, N, _ = x.shape
+        W = self.config.window
+        chunk_blocks = max(1, chunk // W)
+        nb = -(-N // W)  # blocks of W queries, the last one padded
+        compiled = self.config.compile is not None
+        if compiled:
+            nb = series_blocks(nb, chunk_blocks)
+        if nb * W != N:
+            x = nn.functional.pad(x, (0, 0, 0, nb * W - N))  # [B, nb*W, F]; pad is last
+        rows = B
+        if compiled:
+            x = x.contiguous()  # dynamo guards on strides: one layout, one graph
+            # a dynamic batch axis must be >= 2 (dynamo specialises 0 and 1); CUDA graphs
+            # ("reduce-overhead") record one graph per batch size: round it up to a power of 2
+            if self.config.compile == "reduce-overhead":
+                rows = 1 << (B - 1).bit_length()
+            rows = max(rows, 2)
+            if rows != B:
+                x = nn.functional.pad(x, (0, 0, 0, 0, 0, rows - B))  # [rows, nb*W, F]
+            torch._dynamo.mark_dynamic(x, 0)
+        valid = None
+        if self.config.memory_layers:  # memories count the reads of real bars only
+            bars = torch.arange(nb * W, device=x.device) < N  # [nb*W]
+            valid = bars & (torch.arange(rows, device=x.device) < B)[:, None]  # [rows, nb*W]
+            if compiled:
+                torch._dynamo.mark_dynamic(valid, 0)
+        name = "series_grad" if torch.is_grad_enabled() else "series_infer"
+        out = self._dispatch(name)(x, valid, chunk_blocks)[:B, :N]  # [B, N, D]
+        if self.config.compile == "reduce-overhead":  # CUDA graph output: the next replay
+            out = out.clone()  # overwrites it, so it must not escape as a view
+        return out
+
+    def _series_grad(
+        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
+    ) -> torch.Tensor:
+        """:meth:`_blocks` under autograd (its own code object: its own compile cache)."""
+        return self._blocks(x, valid, chunk_blocks)
+
+    def _series_infer(
+        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
+    ) -> torch.Tensor:
+        """:meth:`_blocks` without autograd (rollouts, backtests)."""
+        return self._blocks(x, valid, chunk_blocks)
+
+    def _blocks(
+        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
+    ) -> torch.Tensor:
+        """``[B, nb*W, F] -> [B, nb*W, D]``: the transformer over whole blocks of bars.
+
+        Args:
+            x: features, ``nb*W`` bars (padding included).
+            valid: ``[B, nb*W]`` bool, the bars before the padding in the rows before the
+                padding (``None``: all); only memory layers read it.
+            chunk_blocks: blocks per attention call.
+        """
         cfg = self.config
-        N = x.shape[1]
         W, Dh = cfg.window, cfg.head_dim
         G = cfg.plan.n_heads // cfg.plan.n_kv_heads
-        nb = -(-N // W)  # blocks of W queries, the last one padded
-        chunk_blocks = max(1, chunk // W)
+        n = x.shape[1]  # nb * W
         with self._autocast(x.device):
-            h = self.inp(x)  # [B, N, D]
-            if nb * W != N:
-                h = nn.functional.pad(h, (0, 0, 0, nb * W - N))  # [B, nb*W, D]; pad is last
-            pos = torch.arange(nb * W, device=x.device)  # [nb*W]
-            cos, sin = rotary_tables(pos, Dh, cfg.rope_base, h.dtype)  # [nb*W, Dh/2] each
+            h = self.inp(x)  # [B, nb*W, D]
+            pos = torch.arange(n, device=x.device)  # [nb*W]
+            rope = torch.promote_types(h.dtype, torch.float32)  # fp32 even under bf16 autocast
+            cos, sin = rotary_tables(pos, Dh, cfg.rope_base, rope)  # [nb*W, Dh/2] each
             band = band_mask(W, G, device=x.device)  # [G*W, 2W]
             kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
             for i, block in enumerate(self.blocks):
-                h = block.series(h, cos, sin, kv, W, band, chunk_blocks, n_valid=N)  # [B, nb*W, D]
+                h = block.series(h, cos, sin, kv, W, band, chunk_blocks, valid=valid)
                 src = cfg.plan.kv_source[i]
                 if self._last_use[src] == i:
                     del kv[src]
-            h = self.norm(h[:, :N])  # [B, N, D]
+            h = self.norm(h)  # [B, nb*W, D]
         return h.to(x.dtype)
 
     def _step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -454,7 +550,8 @@ class MLKVEncoder(nn.Module):
         with self._autocast(x_t.device):
             h = self.inp(x_t)  # [B, D]
             pos = cache.pos  # [B]
-            cos, sin = rotary_tables(pos, cfg.head_dim, cfg.rope_base, h.dtype)  # [B, Dh/2]
+            rope = torch.promote_types(h.dtype, torch.float32)  # fp32 even under bf16 autocast
+            cos, sin = rotary_tables(pos, cfg.head_dim, cfg.rope_base, rope)  # [B, Dh/2]
             n_valid = (pos + 1).clamp(max=W)  # [B] bars of this episode in the window
             valid = torch.arange(W, device=pos.device) < n_valid[:, None]  # [B, W]
             for block in self.blocks:
@@ -464,13 +561,25 @@ class MLKVEncoder(nn.Module):
         return h.to(x_t.dtype)
 
     def _dispatch(self, name: str) -> Callable[..., torch.Tensor]:
-        """The eager implementation, or its ``torch.compile``-d version (built on first use)."""
+        """The eager implementation, or its ``torch.compile``-d version (built on first use).
+
+        Each compiled function is its own code object with its own dynamo cache (and
+        recompile limit): ``series_grad`` (PPO updates), ``series_infer`` (rollouts,
+        backtests) and ``step``. Shapes are static except the batch axis of the series
+        functions, which :meth:`_series` marks dynamic. ``step`` mutates the cache it is
+        given, which CUDA graphs cannot replay, so ``"reduce-overhead"`` compiles it in the
+        default mode; :class:`~models.streaming.StreamingEncoder` is the graphed step.
+        """
         fn = getattr(self, f"_{name}")
         if self.config.compile is None:
             return fn
         compiled = self.__dict__.setdefault("_compiled", {})
         if name not in compiled:
-            compiled[name] = torch.compile(fn, mode=self.config.compile, dynamic=None)
+            backend = self.compile_backend
+            mode = self.config.compile if backend == "inductor" else None
+            if name == "step" and mode == "reduce-overhead":
+                mode = "default"  # a cache passed in cannot be graphed: StreamingEncoder can
+            compiled[name] = torch.compile(fn, mode=mode, backend=backend, dynamic=False)
         return compiled[name]
 
     def __getstate__(self) -> dict[str, Any]:

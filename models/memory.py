@@ -363,11 +363,13 @@ class ProductKeyMemory(nn.Module):
             weights = torch.softmax(scores, dim=-1)  # [..., H, k]
         return weights, index
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
         """Read the memory for every token.
 
         Args:
             x: ``[..., D]`` normalised block input.
+            counted: bool, broadcastable to ``x.shape[:-1]``: the tokens whose reads the usage
+                counters record (padding is read but not counted); ``None`` counts all.
 
         Returns:
             ``[..., D]``: ``sum_heads sum_k weight * value[slot]`` (then ``out_proj``).
@@ -383,7 +385,12 @@ class ProductKeyMemory(nn.Module):
         weights = weights.reshape(index.shape).to(self.values.weight.dtype)  # [M, H*k]
         if self.track_usage:
             flat = index.reshape(-1)  # [M*H*k]
-            self.reads.index_add_(0, flat, torch.ones_like(flat))
+            if counted is None:
+                ones = torch.ones_like(flat)  # [M*H*k]
+            else:
+                per_token = counted.expand(lead).reshape(-1, 1)  # [M, 1]
+                ones = per_token.expand(index.shape).reshape(-1).to(flat.dtype)  # [M*H*k]
+            self.reads.index_add_(0, flat, ones)
         y = self.values(index, per_sample_weights=weights)  # [M, value_dim]; bags = rows
         if self.out_proj is not None:
             y = self.out_proj(y)  # [M, D]

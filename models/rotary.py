@@ -8,6 +8,11 @@ results.
 
 Angles are computed in float64 and rounded once, so positions in the tens of thousands
 lose no accuracy (in float32 ``pos * freq`` alone would err by ~1e-4 rad at pos 6,000).
+
+The tables and the rotation stay in float32 even under bf16 autocast: the three run modes
+rotate the same bar by different absolute angles (a window restarts at position 0, a
+series does not), so bf16 tables or a bf16 rotation would round each mode differently and
+break the relative-position invariance that makes the modes agree.
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
         sin: ``[..., Dh/2]`` sines, same shape as ``cos``.
 
     Returns:
-        ``[..., Dh]`` rotated ``x`` in ``x``'s dtype.
+        ``[..., Dh]`` rotated ``x`` in the promoted dtype of ``x`` and the tables (float32
+        for bf16 ``x`` and float32 tables: the rotation is never rounded to bf16).
     """
-    x1, x2 = x.chunk(2, dim=-1)  # [..., Dh/2] each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    dtype = torch.promote_types(x.dtype, cos.dtype)
+    x1, x2 = x.to(dtype).chunk(2, dim=-1)  # [..., Dh/2] each
+    cos, sin = cos.to(dtype), sin.to(dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # [..., Dh]

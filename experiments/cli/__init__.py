@@ -4,7 +4,8 @@ Each subcommand lives in its own module here and exposes ``register(subparsers)`
 adds its parser and sets ``func`` (``args -> exit code``): parse, build typed requests, call
 one library function, print. Errors take one path: a command raises, and :func:`main`
 prints a user error (:data:`experiments.errors.USER_ERRORS`: its message says what to fix)
-as one line ``mlkv-trader CMD: error: ...`` and exits 2.
+as one line ``mlkv-trader CMD: error: ...`` (a message over several lines is joined) and
+exits 2.
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if os.environ.get("MLKV_TRADER_TRACEBACK"):
             raise
-        print(f"mlkv-trader {args.command}: error: {err}", file=sys.stderr)
+        print(f"mlkv-trader {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (a YAML or torch message runs over several)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(err).__name__
 
 
 if __name__ == "__main__":

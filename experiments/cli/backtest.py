@@ -10,6 +10,8 @@ from experiments.cli.train import add_backend_arguments
 _EXAMPLE = """examples:
   mlkv-trader backtest runs/ar1_ppo/*/ --passes 50
   mlkv-trader backtest runs/eurusd_ppo/20261123-101500-s0 --passes 20 --split validation
+      (in-sample: best.zip was chosen on the validation split; the verdict says IN-SAMPLE)
+  mlkv-trader backtest runs/ar1_ppo/*/ --configs-tried 12   (after a search over 12 configs)
   mlkv-trader backtest RUN_DIR --data prices.csv --passes 50 --out reports/
   mlkv-trader backtest runs/ar1_ppo/sweep-20261123-101500 --seeds 0-4 --backend local
   mlkv-trader backtest runs/ar1_ppo/sweep-20261123-101500 --backend ray --ray-address auto
@@ -53,6 +55,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="which checkpoint of each run",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled actions")
+    p.add_argument(
+        "--configs-tried",
+        type=int,
+        default=1,
+        help="configurations tried before choosing these runs (multiplies the trials the "
+        "Deflated Sharpe Ratio deflates for; default 1)",
+    )
+    p.add_argument(
+        "--bars-per-year",
+        type=float,
+        default=None,
+        help="annualisation (default: from the frequency of the whole dataset, e.g. ~6,200 "
+        "for FX H1)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -101,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         keep_ledgers=args.keep_ledgers,
         pass_groups=args.pass_groups,
+        configs_tried=args.configs_tried,
+        bars_per_year=args.bars_per_year,
     )
     if args.backend is None and args.workers is None and args.ray_address is None:
         backtest_runs(request, show_progress=not args.no_progress)

@@ -27,6 +27,14 @@ def run(args: argparse.Namespace) -> int:
     from experiments.progress import console
     from experiments.runs import read_json, write_report
 
-    out = write_report(read_json(args.backtest), args.out or args.backtest.with_name("report.html"))
+    summary = read_json(args.backtest)
+    out = args.out or args.backtest.with_name("report.html")
+    try:
+        out = write_report(summary, out)
+    except (KeyError, IndexError, TypeError, ValueError) as err:  # valid JSON, damaged inside
+        raise ValueError(
+            f"{args.backtest}: damaged backtest.json ({type(err).__name__}: {err}); nothing "
+            "written. Re-run `mlkv-trader backtest` to write it again."
+        ) from err
     console.print(f"report: [bold]{out}[/bold]")
     return 0

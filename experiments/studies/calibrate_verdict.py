@@ -8,10 +8,12 @@ Usage::
 
 Prints the table of verdict frequencies per scenario (with the naive t-test on pass
 results next to it) and writes it into the "Calibration table" section of
-``docs/evaluator.md``. Exit status 1 if a requirement of issue 7 is missed:
+``docs/evaluator.md``. Exit status 1 if a requirement of issues 7 and 15 is missed:
 
-* LEARNED on random-walk scenarios <= 5%;
-* LEARNED on the policy exploiting a planted edge >= 90%;
+* LEARNED in every no-skill scenario <= 5% (random walks, seasonal walks, uneven seeds,
+  a checkpoint selected on the test split);
+* level of the random-timing test on a seasonal walk within 1.5 points of ``edge_alpha``;
+* LEARNED on the policy exploiting a planted edge >= 90% (>= 80% on a seasonal market);
 * RANDOM on random policies >= 95%.
 
 The synthetic world (deliberately simple; the real cost model lives in ``envs/``):
@@ -19,16 +21,19 @@ The synthetic world (deliberately simple; the real cost model lives in ``envs/``
 * **market**: per-bar log returns ``m_t``; a driftless random walk ``m_t ~ N(0, s^2)``
   (GBM, no edge can exist), a random walk with drift, or AR(1) on returns
   ``m_t = phi m_{t-1} + e_t`` with stationary sd ``s`` (a planted, learnable edge:
-  ``sign(m_{t-1})`` predicts ``m_t``).
+  ``sign(m_{t-1})`` predicts ``m_t``); the seasonal variants give each bar the volatility
+  of its hour of a 24-bar day (``session_vol`` times higher in ``session_hours``, the
+  European/US session of FX), keeping the average variance ``s^2``.
 * **policy**: per seed a mean path ``mu_t`` (a deterministic function of *past* returns, or
   noise) and an action sigma; pass k's position is ``p_t = clip(mu_t + sigma z_kt, -1, 1)``
   with fresh ``z`` per pass, as a Gaussian policy's sampled actions.
 * **pass return**: ``r_t = p_t m_t - c |p_t - p_{t-1}|`` (``p_{-1} = 0``): the
   position's share of the market's log return (linearised) minus a proportional cost ``c``
   per unit of turnover.
-* **exposure-matched random pass**: ``|p'_t| * eps_t`` with ``p'`` a fresh draw of the
-  policy's positions and ``eps_t`` an iid random sign: same exposure profile, random
-  direction and timing, same costs.
+* **exposure-matched random pass**: :func:`evaluation.backtest.exposure_matched_random`
+  of a fresh draw ``p'`` of the policy's positions (``|p'_t|`` with the path's own
+  direction pattern shifted to a random time): same exposure and turnover, random timing,
+  same costs; the backtester draws exactly this null.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +54,17 @@ from numpy.typing import NDArray
 from scipy import stats as sps
 from scipy.signal import lfilter
 
+from evaluation.backtest import exposure_matched_random
 from evaluation.verdict import (
     CONSISTENT_BUT_NO_EDGE,
+    IN_SAMPLE,
     INCONCLUSIVE,
     LABELS,
     LEARNED,
     RANDOM,
+    Sample,
     VerdictConfig,
+    _circular_timing,
     judge,
     naive_pass_ttest,
     relabel,
@@ -83,6 +92,10 @@ class SimConfig:
     random_sigma: float = 1.0  # action sigma of random policies
     random_mean_sd: float = 0.2  # sd of a random policy's (noise) mean action
     max_lookback: int = 60  # an arbitrary rule's lookback is uniform on 2..max_lookback
+    period: int = 24  # bars per day of the seasonal markets (H1)
+    session_hours: tuple[int, int] = (7, 17)  # [start, end) hours of the volatile session
+    session_vol: float = 3.0  # session volatility / quiet-hour volatility
+    n_checkpoints: int = 20  # checkpoints per seed a test-split selection looks at
 
 
 Array = NDArray[np.float64]
@@ -111,6 +124,36 @@ def ar1_market(phi: float | None = None) -> MarketFn:
         burn = 200
         e = rng.normal(0.0, sim.sigma_market * np.sqrt(1.0 - f * f), sim.n_bars + burn)
         return lfilter([1.0], [1.0, -f], e)[burn:]
+
+    return make
+
+
+def hourly_vol(sim: SimConfig) -> Array:
+    """``[n_bars]`` volatility multiplier of each bar's hour; mean square 1.
+
+    Bar ``t`` is hour ``t mod period``; hours in ``session_hours`` are ``session_vol``
+    times more volatile than the others (FX: the European/US session).
+    """
+    hour = np.arange(sim.n_bars) % sim.period
+    lo, hi = sim.session_hours
+    v = np.where((hour >= lo) & (hour < hi), sim.session_vol, 1.0)
+    profile = np.where((np.arange(sim.period) >= lo) & (np.arange(sim.period) < hi),
+                       sim.session_vol, 1.0)
+    return v / np.sqrt(np.mean(profile**2))
+
+
+def seasonal_walk(rng: np.random.Generator, sim: SimConfig) -> Array:
+    """Driftless random walk with an intraday volatility cycle: N(0, (s v_hour)^2)."""
+    return rng.normal(0.0, sim.sigma_market, sim.n_bars) * hourly_vol(sim)
+
+
+def seasonal_ar1(phi: float | None = None) -> MarketFn:
+    """AR(1) log returns whose innovations carry the intraday volatility cycle."""
+
+    def make(rng: np.random.Generator, sim: SimConfig) -> Array:
+        f = sim.phi if phi is None else phi
+        e = rng.normal(0.0, sim.sigma_market * np.sqrt(1.0 - f * f), sim.n_bars)
+        return lfilter([1.0], [1.0, -f], e * hourly_vol(sim))
 
     return make
 
@@ -199,6 +242,60 @@ def half_random(rng: np.random.Generator, m: Array, sim: SimConfig) -> tuple[Arr
     return mu, sigma
 
 
+def random_runs(rng: np.random.Generator, shape: tuple[int, ...], mean_run: float) -> Array:
+    """Random +-1 paths that hold each sign for a geometric number of bars (mean ``mean_run``).
+
+    A decisive policy with no skill: its direction is independent of the market.
+    """
+    flips = rng.random(shape) < 1.0 / mean_run
+    flips[..., 0] = rng.random(shape[:-1]) < 0.5
+    return np.where(np.cumsum(flips, axis=-1) % 2 == 0, 1.0, -1.0)
+
+
+def sized_by_hour(rng: np.random.Generator, m: Array, sim: SimConfig) -> tuple[Array, Array]:
+    """No skill, sized by the hour: a random direction per day, large in the volatile session.
+
+    ``conviction`` in session hours, a fifth of it otherwise; each seed its own random daily
+    direction. The policy of the issue-15 counterexample: shifts that are not whole days
+    move its large positions onto quiet hours.
+    """
+    n_days = -(-sim.n_bars // sim.period)
+    days = rng.choice(np.array([-1.0, 1.0]), (sim.n_seeds, n_days))
+    direction = np.repeat(days, sim.period, axis=1)[:, : sim.n_bars]
+    hour = np.arange(sim.n_bars) % sim.period
+    lo, hi = sim.session_hours
+    size = np.where((hour >= lo) & (hour < hi), sim.conviction, 0.2 * sim.conviction)
+    return direction * size, np.full(sim.n_seeds, sim.decisive_sigma)
+
+
+def uneven_seeds(rng: np.random.Generator, m: Array, sim: SimConfig) -> tuple[Array, Array]:
+    """Seed 0 exploits the planted edge; the others are decisive with no skill.
+
+    The others hold random directions for a day on average (independent of the market),
+    as decisive as the skilled seed: the pool has a real edge from one seed only.
+    """
+    mu, sigma = exploit(rng, m, sim)
+    mu[1:] = sim.conviction * random_runs(rng, (sim.n_seeds - 1, sim.n_bars), sim.period)
+    return mu, sigma
+
+
+def selected_on_test(rng: np.random.Generator, m: Array, sim: SimConfig) -> tuple[Array, Array]:
+    """Each seed's checkpoint chosen on the test bars: the best of ``n_checkpoints`` rules.
+
+    A seed's checkpoints are momentum rules with random lookbacks (2..max_lookback), none
+    with skill on a random walk; the one with the best net return on the very bars being
+    judged is kept, per seed (what ``--split validation`` with the ``best`` checkpoint
+    does on the validation bars).
+    """
+    mu = np.empty((sim.n_seeds, sim.n_bars))
+    for s in range(sim.n_seeds):
+        lookbacks = rng.integers(2, sim.max_lookback + 1, sim.n_checkpoints)
+        mus = momentum_means(m, lookbacks, sim.conviction)
+        net = (mus * m - sim.cost * np.abs(np.diff(mus, prepend=0.0, axis=1))).sum(axis=1)
+        mu[s] = mus[int(np.argmax(net))]
+    return mu, np.full(sim.n_seeds, sim.decisive_sigma)
+
+
 # --------------------------------------------------------------------------- passes
 
 
@@ -226,8 +323,8 @@ def simulate_passes(
         return pos * m - sim.cost * np.abs(np.diff(pos, prepend=0.0, axis=2))
 
     pos = draw(sim.n_passes)
-    rand_pos = np.abs(draw(sim.n_random_passes))
-    rand_pos *= 2.0 * rng.integers(0, 2, rand_pos.shape) - 1.0  # iid random signs
+    fresh = draw(sim.n_random_passes)  # [S, K_r, n]
+    rand_pos = np.stack([exposure_matched_random(f, rng) for f in fresh])
     return returns(pos), returns(rand_pos), pos
 
 
@@ -245,7 +342,15 @@ class Scenario:
     make_market: MarketFn  # draws the market's log returns
     make_policy: PolicyFn  # builds mean paths [n_seeds, n_bars] and sigmas [n_seeds]
     requirement: tuple[str, str, float] | None = None  # (label, "<=" or ">=", share)
-    random_walk: bool = False  # a random-walk market: LEARNED must stay <= 5%
+    random_walk: bool = False  # no skill is possible: LEARNED must stay <= 5%
+    period: int = 1  # calendar cycle the verdict is told (shifts of whole cycles)
+    sample: Sample = field(default_factory=Sample)  # which bars the verdict is told it judges
+    sim: tuple[tuple[str, object], ...] = ()  # SimConfig fields this scenario changes
+    timing_level: bool = False  # the random-timing test must keep its level here
+
+    def world(self, sim: SimConfig) -> SimConfig:
+        """The synthetic world of this scenario."""
+        return replace(sim, **dict(self.sim)) if self.sim else sim
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -277,6 +382,22 @@ SCENARIOS: tuple[Scenario, ...] = (
              ar1_market(0.15), exploit),
     Scenario("ar-exploit-phi0.1", "AR(1) phi=0.1", "exploits the edge (power)", LEARNED,
              ar1_market(0.1), exploit),
+    # issue 15: conditions real markets and runs add
+    Scenario("rw-seasonal-sized", "seasonal random walk (H1 cycle)",
+             "sized by the hour, random daily direction", CONSISTENT_BUT_NO_EDGE,
+             seasonal_walk, sized_by_hour, (LEARNED, "<=", 0.05), True, period=24,
+             timing_level=True),
+    Scenario("rw-seasonal-random", "seasonal random walk (H1 cycle)", "random policy (sigma 1)",
+             RANDOM, seasonal_walk, random_policy, (RANDOM, ">=", 0.95), True, period=24),
+    Scenario("ar-seasonal-exploit", "seasonal AR(1) phi=0.2", "exploits the edge, sigma 0.15",
+             LEARNED, seasonal_ar1(), exploit, (LEARNED, ">=", 0.80), period=24),
+    Scenario("ar-uneven-seeds", "AR(1) phi=0.2", "1 seed exploits, 3 decisive without skill "
+             "(K = 8)", INCONCLUSIVE, ar1_market(), uneven_seeds, (LEARNED, "<=", 0.05), True,
+             sim=(("n_seeds", 4), ("n_passes", 8), ("n_random_passes", 8))),
+    Scenario("rw-selected-on-test", "random walk",
+             "per seed the best of 20 checkpoints on the test bars (declared)",
+             IN_SAMPLE, random_walk, selected_on_test, (LEARNED, "<=", 0.05), True,
+             sample=Sample(split="test", checkpoint="best", selected_on="test", n_trials=20)),
 )  # fmt: skip
 
 CHECKS = ("consistency", "edge_vs_buy_and_hold", "edge_vs_random_timing", "seed_stability")
@@ -301,6 +422,7 @@ class Tally:
     checks: dict[str, int] | None = None
     both_edges: int = 0
     naive: int = 0
+    timing_every_bar: int = 0  # timing test passes with shifts of single bars (the old null)
     sensitivity: dict[str, dict[str, int]] | None = None
 
     def __post_init__(self) -> None:
@@ -314,12 +436,21 @@ def run_scenario(
 ) -> Tally:
     """Judge ``trials`` independent draws of a scenario; deterministic given ``seed``."""
     tally = Tally()
+    sim = scenario.world(sim)
     for trial in range(trials):
         rng = np.random.default_rng([seed, index, trial])
         m = scenario.make_market(rng, sim)
         mu, sigma = scenario.make_policy(rng, m, sim)
         pr, rr, pos = simulate_passes(rng, m, mu, sigma, sim)
-        v = judge(pr, rr, m, pos, replace(config, seed=trial))
+        v = judge(
+            pr, rr, m, pos, replace(config, seed=trial), period=scenario.period,
+            sample=scenario.sample,
+        )
+        if scenario.period == 1:
+            every_bar_p = v.timing_p
+        else:  # what the circular shifts by single bars would say on the same trial
+            every_bar_p = float(_circular_timing(pos.mean(axis=(0, 1))[None], m, 1)[3][0])
+        tally.timing_every_bar += every_bar_p < config.edge_alpha
         assert tally.labels is not None and tally.checks is not None
         assert tally.sensitivity is not None
         tally.trials += 1
@@ -349,10 +480,25 @@ def _ci(k: int, n: int) -> str:
     return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def requirement_status(s: Scenario, t: Tally) -> tuple[str, bool]:
-    """Text and pass/fail of the scenario's requirement (and the random-walk LEARNED cap)."""
-    assert t.labels is not None
+TIMING_LEVEL_TOLERANCE = 0.015
+"""The random-timing test's rejection rate on a seasonal walk must be edge_alpha +- this."""
+
+
+def requirement_status(
+    s: Scenario, t: Tally, config: VerdictConfig | None = None
+) -> tuple[str, bool]:
+    """Text and pass/fail of the scenario's requirements (LEARNED cap, timing level)."""
+    assert t.labels is not None and t.checks is not None
+    config = config if config is not None else VerdictConfig()
     parts, ok = [], True
+    if s.timing_level:
+        k = t.checks["edge_vs_random_timing"]
+        good = abs(k / t.trials - config.edge_alpha) <= TIMING_LEVEL_TOLERANCE
+        ok &= good
+        parts.append(
+            f"timing level {config.edge_alpha:.0%} +- {TIMING_LEVEL_TOLERANCE:.1%}: "
+            f"{_pct(k, t.trials)} {_ci(k, t.trials)} {'ok' if good else 'MISSED'}"
+        )
     reqs = [s.requirement] if s.requirement else []
     if s.random_walk and (LEARNED, "<=", 0.05) not in reqs:
         reqs.append((LEARNED, "<=", 0.05))
@@ -376,19 +522,24 @@ def render(
         f"Measured with `{meta['command']}` on {meta['machine']} ({meta['date']}, "
         f"{meta['wall']}). Each trial: {sim.n_seeds} seeds x K = {sim.n_passes} passes "
         f"(+ {sim.n_random_passes} exposure-matched random passes per seed) over "
-        f"{sim.n_bars} bars; market sd {sim.sigma_market:g}/bar, cost {sim.cost:g} per unit "
-        f"turnover. Verdict defaults: alpha = {cfg.alpha}, edge_alpha = {cfg.edge_alpha}, "
-        f"rho_max = {cfg.rho_max}, n_windows = {cfg.n_windows}, {cfg.bootstrap} bootstrap "
+        f"{sim.n_bars} bars, unless the policy column says otherwise; market sd "
+        f"{sim.sigma_market:g}/bar (seasonal markets: hours {sim.session_hours[0]}-"
+        f"{sim.session_hours[1] - 1} of a {sim.period}-bar day {sim.session_vol:g}x as volatile, "
+        f"same mean variance), cost {sim.cost:g} per unit turnover; random passes matched on "
+        f"exposure and turnover. Verdict defaults: alpha = {cfg.alpha}, "
+        f"edge_alpha = {cfg.edge_alpha}, rho_max = {cfg.rho_max}, "
+        f"n_windows = {cfg.n_windows}, {cfg.bootstrap} bootstrap "
         f"(block n^(1/3)), n_boot = {cfg.n_boot}, min_seed_share = {cfg.min_seed_share}. "
         f"Brackets: Clopper-Pearson 95% intervals.",
         "",
-        "| scenario | market | policy | truth | trials | LEARNED | CONSISTENT-BUT-NO-EDGE "
-        "| RANDOM | INCONCLUSIVE | naive t-test says skill | requirement |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| scenario | market | policy | truth | trials | "
+        + " | ".join(LABELS)
+        + " | naive t-test says skill | requirement |",
+        "|---|---|---|---|---:|" + "---:|" * len(LABELS) + "---:|---|",
     ]
     for s, t in results:
         assert t.labels is not None
-        status, ok = requirement_status(s, t)
+        status, ok = requirement_status(s, t, cfg)
         all_ok &= ok
         cells = [_pct(t.labels[lab], t.trials) for lab in LABELS]
         lines.append(
@@ -401,16 +552,17 @@ def render(
         "Share of trials in which each check passes (the naive t-test: one-sided t-test of "
         "the n_seeds x K pass total log returns > 0 at 5%):",
         "",
-        "| scenario | consistency | edge vs buy-and-hold | edge vs random timing | both edges "
-        "| seed stability |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| scenario | timing period | consistency | edge vs buy-and-hold | edge vs random timing "
+        "| both edges | seed stability | timing with single-bar shifts (old null) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s, t in results:
         assert t.checks is not None
         lines.append(
-            f"| {s.name} | "
+            f"| {s.name} | {s.period} | "
             + " | ".join(_pct(t.checks[c], t.trials) for c in CHECKS[:3])
-            + f" | {_pct(t.both_edges, t.trials)} | {_pct(t.checks[CHECKS[3]], t.trials)} |"
+            + f" | {_pct(t.both_edges, t.trials)} | {_pct(t.checks[CHECKS[3]], t.trials)} | "
+            + f"{_pct(t.timing_every_bar, t.trials)} |"
         )
     keys = list(SENSITIVITY)
     lines += [
@@ -423,7 +575,7 @@ def render(
     ]
     for s, t in results:
         assert t.sensitivity is not None
-        label = RANDOM if s.truth == RANDOM else LEARNED
+        label = RANDOM if s.truth == RANDOM else (IN_SAMPLE if s.sample.in_sample else LEARNED)
         lines.append(
             f"| {s.name} ({label}) | "
             + " | ".join(_pct(t.sensitivity[k][label], t.trials) for k in keys)

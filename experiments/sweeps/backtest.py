@@ -129,6 +129,8 @@ def backtest_on(
     show_progress: bool = True,
     pass_groups: int = 1,
     keep_ledgers: bool = False,
+    sample: Any = None,
+    bars_per_year: float | None = None,
 ) -> tuple[BacktestResult | None, dict[Path, str]]:
     """Backtest runs as one task each on ``backend``, then judge them together.
 
@@ -193,6 +195,9 @@ def backtest_on(
         return None, failed
 
     config, candles = _reference_bars(runs[0], data, split)
-    result = combine(parts, candles, env_config=config.env, seed=seed, keep_ledgers=keep_ledgers)
+    result = combine(
+        parts, candles, env_config=config.env, seed=seed, keep_ledgers=keep_ledgers,
+        sample=sample, bars_per_year=bars_per_year,
+    )
     result.settings["backend"] = backend.name
     return result, failed

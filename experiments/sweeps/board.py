@@ -15,7 +15,7 @@ from experiments.progress import console, err_console
 def read_progress(run_dir: Path) -> tuple[int, float | None] | None:
     """``(env steps, fps)`` from the last complete row of a run's ``progress.csv``.
 
-    Falls back to the step count of the newest checkpoint (a resumed run restarts its CSV);
+    Falls back to the step count of the newest checkpoint (before the first row is written);
     None when neither exists yet. Tolerates a file being written or rewritten meanwhile.
     """
     best: tuple[int, float | None] | None = None

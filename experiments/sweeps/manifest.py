@@ -115,9 +115,16 @@ class Sweep:
 
     @classmethod
     def create(cls, config: TrainConfig, seeds: list[int], runs_root: str | Path) -> Sweep:
-        """Make ``runs_root/<name>/sweep-<timestamp>/`` with one run directory per seed."""
+        """Make ``runs_root/<name>/sweep-<timestamp>/`` with one run directory per seed.
+
+        Raises:
+            ValueError: the data source names nothing (checked before any directory exists).
+        """
         from experiments.checkpoint import write_atomic
         from experiments.config import config_to_yaml
+        from experiments.factory import check_source
+
+        check_source(config.data)
 
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         base = Path(runs_root) / config.name
@@ -130,9 +137,15 @@ class Sweep:
                 continue
         else:
             raise SweepError(f"cannot create a sweep directory under {base}")
-        write_atomic(path / "config.yaml", config_to_yaml(config).encode())
-        sweep = cls(path=path, name=config.name, created=_now())
-        sweep.add_seeds(seeds)
+        try:
+            write_atomic(path / "config.yaml", config_to_yaml(config).encode())
+            sweep = cls(path=path, name=config.name, created=_now())
+            sweep.add_seeds(seeds)
+        except BaseException:  # no half-made sweep left behind
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return sweep
 
     @classmethod
@@ -226,6 +239,8 @@ class Sweep:
             "updated": _now(),
             "config": "config.yaml",
             "backend": self.backend,
+            # trials behind any choice among this sweep's runs (for the Deflated Sharpe)
+            "trials": {"configs": 1, "seeds": len(self.records)},
             "seeds": [asdict(r) for r in self.records.values()],
         }
 

@@ -10,6 +10,7 @@ import pytest
 from evaluation.backtest import backtest, exposure_matched_random, summarise
 from evaluation.passes import ScheduledActions, run_policy_passes
 from evaluation.report import render_report
+from evaluation.verdict import Sample
 
 from .conftest import ENV, make_policy
 
@@ -56,11 +57,30 @@ def test_exposure_matched_random_keeps_exposure() -> None:
     rng = np.random.default_rng(0)
     pos = np.array([[0.5, 0.5, -0.2, -0.3, 0.0, 0.7, 0.7, 0.7]] * 400)
     rnd = exposure_matched_random(pos, rng)
-    np.testing.assert_allclose(np.abs(rnd), np.abs(pos))
+    np.testing.assert_allclose(np.abs(rnd), np.abs(pos))  # bar by bar
     assert np.all(rnd[:, 4] == 0.0)
-    # directions are random and independent across bars and passes
-    assert 0.4 < np.mean(rnd[:, 0] > 0) < 0.6
-    assert abs(np.corrcoef(np.sign(rnd[:, 0]), np.sign(rnd[:, 1]))[0, 1]) < 0.15
+    # the direction at each bar is random across passes
+    assert 0.4 < np.mean(rnd[:, 0] > 0) < 0.6 and 0.4 < np.mean(rnd[:, 5] > 0) < 0.6
+
+
+def _slow_policy(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """A decisive policy that holds its direction ~50 bars: 0.8 sign(run) + noise 0.1."""
+    flips = rng.random(n) < 1 / 50
+    direction = np.where(np.cumsum(flips) % 2 == 0, 1.0, -1.0)
+    return np.clip(0.8 * direction + 0.1 * rng.standard_normal((k, n)), -1, 1)
+
+
+def test_random_null_matches_a_slow_policys_turnover() -> None:
+    rng = np.random.default_rng(1)
+    pos = _slow_policy(rng, 20, 2000)
+    turnover = np.abs(np.diff(pos, prepend=0.0, axis=1)).sum(axis=1).mean()
+    rnd = exposure_matched_random(pos, np.random.default_rng(2))
+    rnd_turnover = np.abs(np.diff(rnd, prepend=0.0, axis=1)).sum(axis=1).mean()
+    assert abs(rnd_turnover / turnover - 1.0) < 0.2
+    np.testing.assert_allclose(np.abs(rnd), np.abs(pos))
+    # an independent sign per bar (the old null) flips every other bar: ~5x the turnover
+    iid = np.abs(pos) * np.random.default_rng(3).choice([-1.0, 1.0], pos.shape)
+    assert np.abs(np.diff(iid, prepend=0.0, axis=1)).sum(axis=1).mean() > 3 * turnover
 
 
 def test_same_seed_same_json(test_candles) -> None:
@@ -94,3 +114,25 @@ def test_report_escapes_every_value(test_candles) -> None:
     page = render_report(summary)
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
+
+
+def test_in_sample_backtests_are_labelled(test_candles) -> None:
+    policies = [make_policy(0), make_policy(1)]
+    sample = Sample(split="validation", checkpoint="best", selected_on="validation", n_trials=40)
+    result = backtest(policies, test_candles, passes=3, env_config=ENV, seed=2, sample=sample)
+    summary = summarise(result)
+    assert summary["verdict"]["in_sample"] is True and summary["settings"]["in_sample"] is True
+    assert summary["verdict"]["explanation"].startswith("IN-SAMPLE")
+    assert summary["verdict"]["label"] != "LEARNED"
+    assert summary["metrics"]["dsr_trials"]["n_trials"] == 40
+    page = render_report(summary)
+    assert "IN-SAMPLE: these bars are not an untouched test split" in page
+    assert "turnover per pass" in page  # the report shows what the random null matches
+    clean = summarise(backtest(policies, test_candles, passes=3, env_config=ENV, seed=2))
+    assert clean["verdict"]["in_sample"] is False
+    assert "IN-SAMPLE: these bars" not in render_report(clean)
+    # DSR deflates for the recorded trials, not for the K passes
+    det = [r for r in summary["metrics"]["rows"] if r["name"].endswith("(deterministic)")]
+    det_clean = [r for r in clean["metrics"]["rows"] if r["name"].endswith("(deterministic)")]
+    assert det[0]["metrics"]["dsr"] < det_clean[0]["metrics"]["dsr"]
+    assert clean["metrics"]["dsr_trials"]["n_trials"] == 2  # the two seeds judged

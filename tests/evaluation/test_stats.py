@@ -294,3 +294,37 @@ def test_probability_of_improvement_ci():
     assert 0.0 <= lo <= p <= hi <= 1.0
     with pytest.raises(ValueError, match="same number of tasks"):
         stats.probability_of_improvement(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def _fx_hours(start: str, end: str) -> pd.DatetimeIndex:
+    """H1 bars of an FX week: Sunday 22:00 to Friday 21:00, no weekend bars."""
+    idx = pd.date_range(start, end, freq="h")
+    dow, hour = idx.day_of_week, idx.hour
+    closed = ((dow == 4) & (hour >= 22)) | (dow == 5) | ((dow == 6) & (hour < 22))
+    return idx[~closed]
+
+
+def test_bars_per_year_of_a_seven_week_h1_split_comes_from_the_frequency():
+    split = _fx_hours("2024-01-07 22:00", "2024-02-23 21:00")  # 7 trading weeks
+    assert len(split) == 7 * 120
+    assert stats.infer_bars_per_year(split) == pytest.approx(6200, rel=0.02)
+    # the span of the split (6 weekends in 7 weeks) would say ~6,500; a split without a
+    # weekend ~8,760: both measure the split, not the market's frequency
+    span = (len(split) - 1) / ((split[-1] - split[0]).total_seconds() / stats.SECONDS_PER_YEAR)
+    assert span > 6200 * 1.04
+    week = split[(split >= "2024-01-08") & (split < "2024-01-13")]  # Monday to Friday
+    assert stats.infer_bars_per_year(week) == pytest.approx(24 * 365.25, rel=0.01)  # < 1 week
+
+
+@pytest.mark.parametrize(
+    ("timestamps", "period"),
+    [
+        (pd.date_range("2024-01-01", periods=500, freq="h"), 24),
+        (pd.date_range("2024-01-01", periods=500, freq="15min"), 96),
+        (pd.bdate_range("2024-01-01", periods=300), 5),
+        (pd.date_range("2024-01-01", periods=300, freq="D"), 7),
+        (pd.date_range("2024-01-01", periods=100, freq="W"), 1),
+    ],
+)
+def test_seasonal_period_from_the_bar_frequency(timestamps, period):
+    assert stats.seasonal_period(timestamps) == period

@@ -20,11 +20,12 @@ from evaluation.backtest import (
     merge_pass_groups,
     policy_passes,
     summarise,
+    trial_sharpe_variance,
 )
 from evaluation.streaming import (
     HIST_RELATIVE_WIDTH,
     PassAccumulator,
-    RandomSigns,
+    RandomTargets,
     plot_bars,
 )
 from evaluation.verdict import VerdictConfig, judge
@@ -93,17 +94,68 @@ def test_accumulated_metrics_would_catch_a_wrong_bar() -> None:
         _metrics_close(acc.finish().metrics(0), want, tail=2 * HIST_RELATIVE_WIDTH)
 
 
+def _position_paths(k: int, n: int, seed: int) -> np.ndarray:
+    """Positions with flat stretches (leading, inner, trailing), runs and an all-flat row."""
+    rng = np.random.default_rng(seed)
+    p = np.repeat(rng.uniform(-1.0, 1.0, size=(k, n // 5 + 1)), 5, axis=1)[:, :n]
+    p[rng.random((k, n)) < 0.2] = 0.0
+    p[0, :17] = 0.0  # starts flat: takes the first non-zero sign
+    p[1, -30:] = 0.0  # ends flat: keeps the last sign
+    p[2] = 0.0  # never in the market: +1
+    return p
+
+
 @pytest.mark.parametrize("chunks", [[5], [1, 1, 3], [2, 3], [4, 1]])
-def test_random_signs_equal_one_shot_draw(chunks: list[int]) -> None:
+def test_random_targets_equal_one_shot_draw(chunks: list[int]) -> None:
+    """The streamed random null is exposure_matched_random on the same generator, exactly
+    (after the float32 rounding every target goes through), for any chunking and for any
+    pass group (the group's rows of the full draw)."""
     k, n = 6, 5 * 37
-    want = exposure_matched_random(np.ones((k, n)), np.random.default_rng([3, 1]))
-    signs = RandomSigns(np.random.default_rng([3, 1]), k, n)
+    p = _position_paths(k, n, 11)
+    want = exposure_matched_random(p, np.random.default_rng([3, 1])).astype(np.float32)
     edges = np.cumsum([0, *chunks]) * 37
-    got = np.concatenate([signs.take(a, b) for a, b in itertools.pairwise(edges)], axis=1)
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(signs.take(40, 90, np.array([2, 5])), want[[2, 5], 40:90])
-    other = RandomSigns(np.random.default_rng([3, 2]), k, n).take(0, n)
-    assert not np.array_equal(other, want)
+    for rows in (None, np.array([2, 3, 4]), np.array([5])):
+        targets = RandomTargets(np.random.default_rng([3, 1]), k, n, rows)
+        sel = slice(None) if rows is None else rows
+        for a, b in itertools.pairwise(edges):
+            targets.add(p[sel, a:b])
+        got = np.concatenate(
+            [targets.take(a, b) for a, b in itertools.pairwise(edges)], axis=1
+        )
+        np.testing.assert_array_equal(got.astype(np.float32), want[sel])
+        np.testing.assert_array_equal(
+            targets.take(40, 90).astype(np.float32), want[sel][:, 40:90]
+        )
+    other = RandomTargets(np.random.default_rng([3, 2]), k, n)
+    other.add(p)
+    assert not np.array_equal(other.take(0, n).astype(np.float32), want)
+
+
+def test_random_targets_match_exposure_and_turnover() -> None:
+    """Issue 15's guarantee, streamed: same |p_t| bar by bar, direction changes at most +1."""
+    k, n = 5, 400
+    p = _position_paths(k, n, 5)
+    targets = RandomTargets(np.random.default_rng(0), k, n)
+    for a in range(0, n, 64):
+        targets.add(p[:, a : a + 64])
+    got = targets.take(0, n)
+    np.testing.assert_array_equal(np.abs(got), np.abs(p).astype(np.float32))  # as played
+
+    def flips(x: np.ndarray) -> int:
+        s = np.sign(x[x != 0.0])
+        return int(np.sum(s[1:] != s[:-1]))
+
+    for row in range(k):
+        assert flips(got[row]) <= flips(p[row]) + 2
+
+
+def test_random_targets_need_the_whole_walk() -> None:
+    targets = RandomTargets(np.random.default_rng(0), 2, 10)
+    targets.add(np.ones((2, 4)))
+    with pytest.raises(ValueError, match="4 of 10 bars"):
+        targets.take(0, 5)
+    with pytest.raises(ValueError, match="got 12 bars"):
+        targets.add(np.ones((2, 8)))
 
 
 def test_plot_bars_keep_every_bar_up_to_the_resolution() -> None:
@@ -119,11 +171,20 @@ def _reference_summary(result) -> dict:
     seeds = result.seeds
     led = [(s.stochastic.ledgers, s.deterministic.ledgers, s.random.ledgers) for s in seeds]
     bh, flat = result.buy_and_hold.ledgers, result.flat.ledgers
-    trial = np.array([stats.return_moments(r)[0] for sto, _, _ in led for r in sto.log_returns])
+    bpy = result.settings["bars_per_year"]
+    n_bars = bh.log_returns.shape[1]
+    det_sharpes = np.array([stats.return_moments(det.log_returns[0])[0] for _, det, _ in led])
+    n_trials = max(int(result.settings["n_trials"]), len(led))
+    sr_var = trial_sharpe_variance(det_sharpes, n_bars)
 
-    def metrics(p, i, trials=None):
-        return stats.pass_metrics(p.log_returns[i], p.positions[i], p.costs[i],
-                                  timestamps=p.times, trial_sharpes=trials)
+    def metrics(p, i, deflate=False):
+        m = stats.pass_metrics(p.log_returns[i], p.positions[i], p.costs[i], bars_per_year=bpy)
+        if deflate:  # DSR against the real trials (issue 15)
+            m["dsr"] = stats.deflated_sharpe_ratio(
+                m["sharpe_per_bar"], int(m["n_bars"]), n_trials=n_trials, sr_variance=sr_var,
+                skew=m["skew"], kurtosis=m["kurtosis"],
+            )
+        return m
 
     def mean_metrics(p):
         rows = [metrics(p, i) for i in range(p.n_passes)]
@@ -131,11 +192,24 @@ def _reference_summary(result) -> dict:
 
     rows = []
     for sto, det, rnd in led:
-        rows += [metrics(det, 0, trial), mean_metrics(sto), mean_metrics(rnd)]
+        rows += [metrics(det, 0, deflate=True), mean_metrics(sto), mean_metrics(rnd)]
     rows += [metrics(bh, 0), metrics(flat, 0)]
     verdict = judge(np.stack([sto.log_returns for sto, _, _ in led]),
                     np.stack([rnd.log_returns for _, _, rnd in led]), bh.log_returns[0],
-                    np.stack([sto.positions for sto, _, _ in led]))
+                    np.stack([sto.positions for sto, _, _ in led]),
+                    period=result.settings["timing_period"], sample=result.verdict.sample)
+
+    def mean_of(fn, group):
+        return float(np.mean([fn(row) for tri in led for row in tri[group].positions]))
+
+    random_null = {
+        "policy_exposure": mean_of(stats.exposure, 0),
+        "random_exposure": mean_of(stats.exposure, 2),
+        "policy_turnover": mean_of(stats.turnover, 0),
+        "random_turnover": mean_of(stats.turnover, 2),
+        "policy_costs": float(np.mean([sto.costs.sum(axis=1).mean() for sto, _, _ in led])),
+        "random_costs": float(np.mean([rnd.costs.sum(axis=1).mean() for _, _, rnd in led])),
+    }
     cum = np.concatenate([np.cumsum(sto.log_returns, axis=1) for sto, _, _ in led])
     rcum = np.concatenate([np.cumsum(rnd.log_returns, axis=1) for _, _, rnd in led])
     return {
@@ -145,6 +219,7 @@ def _reference_summary(result) -> dict:
         "random_band": np.quantile(rcum, [0.05, 0.5, 0.95], axis=0),
         "totals": [sto.log_returns.sum(axis=1) for sto, _, _ in led],
         "sigma": [np.nanmean(sto.sigma, axis=0) for sto, _, _ in led],
+        "random_null": random_null,
     }
 
 
@@ -167,6 +242,8 @@ def _compare(doc: dict, want: dict) -> None:
         np.testing.assert_allclose(got_t, want_t, atol=1e-7)
     for got_s, want_s in zip(doc["series"]["sigma"], want["sigma"], strict=True):
         np.testing.assert_allclose(got_s, want_s, rtol=1e-6)
+    for key, value in want["random_null"].items():  # from the streaming accumulators
+        np.testing.assert_allclose(doc["random_null"][key], value, **EXACT, err_msg=key)
 
 
 def test_streaming_backtest_equals_stored_ledgers(test_candles) -> None:
@@ -175,6 +252,11 @@ def test_streaming_backtest_equals_stored_ledgers(test_candles) -> None:
     doc = json.loads(json.dumps(summarise(result)))
     want = _reference_summary(result)
     _compare(doc, want)
+    # the random passes played issue 15's null on the policy passes' stored positions
+    for i, s in enumerate(result.seeds):
+        sto, rnd = s.stochastic.ledgers, s.random.ledgers
+        targets = exposure_matched_random(sto.positions, np.random.default_rng([3, i]))
+        np.testing.assert_array_equal(rnd.positions, targets.astype(np.float32))
     # sharp: a reference on other passes (another seed) does not match
     other = backtest(policies, test_candles, passes=4, env_config=ENV, seed=4, keep_ledgers=True)
     with pytest.raises(AssertionError):
@@ -237,9 +319,11 @@ def test_peak_memory_of_a_long_backtest_stays_within_the_streaming_bound() -> No
     """100k bars x (K stochastic + 1 deterministic + K random) passes, in a subprocess.
 
     Stored ledgers cost ~200 bytes per pass-bar (issue 20); streaming keeps
-    O(K * (n_windows + plot points + histogram bins) + n_bars) numbers. The bound below is
-    that formula with generous constants (plus the verdict's bootstrap, which does not grow
-    with K), well under what ledgers would need.
+    O(K * (n_windows + plot points + histogram bins) + n_bars) numbers, plus, for one seed
+    at a time, the policy passes' |p_t| (float32) and direction (int8) that issue 15's
+    shifted random null needs: 5 bytes per pass-bar. The bound below is that formula with
+    generous constants (plus the verdict's bootstrap, which does not grow with K), well
+    under what ledgers would need.
     """
     from evaluation.streaming import HIST_BINS, PLOT_POINTS
 
@@ -257,6 +341,7 @@ def test_peak_memory_of_a_long_backtest_stays_within_the_streaming_bound() -> No
     # the verdict's block bootstrap: ~6 int64 arrays [n_boot, n_bars / block length]
     blocks = 1.2 * n / n ** (1 / 3)
     bootstrap = 6 * 8 * VerdictConfig().n_boot * blocks
-    bound = passes * per_pass + n * per_bar + bootstrap + 64 * 2**20  # + allocator slack
+    null_path = 5 * k * n  # RandomTargets of one seed (freed before the next)
+    bound = passes * per_pass + n * per_bar + bootstrap + null_path + 64 * 2**20  # + slack
     ledgers = 200 * passes * n  # what storing every pass-bar would take
     assert measured["grew"] < bound < ledgers, (measured, bound, ledgers)

@@ -11,12 +11,15 @@ from scipy import stats as sps
 
 from evaluation.verdict import (
     CONSISTENT_BUT_NO_EDGE,
+    IN_SAMPLE,
     INCONCLUSIVE,
     LEARNED,
     RANDOM,
+    Sample,
     VerdictConfig,
     _circular_timing,
     brown_forsythe_one_sided,
+    hochberg_reject,
     judge,
     naive_pass_ttest,
     relabel,
@@ -29,8 +32,11 @@ from experiments.studies.calibrate_verdict import (
     exploit_noisy,
     random_policy,
     random_walk,
+    seasonal_walk,
     seeds_disagree,
     simulate_passes,
+    sized_by_hour,
+    uneven_seeds,
 )
 
 SMALL = SimConfig(n_bars=800, n_seeds=3, n_passes=10, n_random_passes=10)
@@ -266,3 +272,126 @@ def test_non_finite_values_and_too_few_bars_are_rejected(world):
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"VerdictConfig.{field}"):
         replace(VerdictConfig(), **{field: value})
+
+
+# --------------------------------------------------------------------------- issue 15
+
+
+def _timing_rejections(period: int, trials: int = 300, alpha: float = 0.02) -> float:
+    """Share of seasonal random walks on which a no-skill policy sized by the hour passes."""
+    sim = SimConfig()
+    hits = 0
+    for t in range(trials):
+        rng = np.random.default_rng([15, t])
+        m = seasonal_walk(rng, sim)
+        mu, _ = sized_by_hour(rng, m, sim)
+        path = (mu + 0.15 * rng.standard_normal(mu.shape)).mean(axis=0)
+        hits += _circular_timing(path[None], m, period)[3][0] < alpha
+    return hits / trials
+
+
+def test_whole_cycle_shifts_keep_the_timing_level_on_a_seasonal_walk():
+    # with 83 whole-day shifts of 2000 H1 bars the exact level is 1/83 = 1.2% at 0.02; the
+    # shifts by single bars move positions sized for the volatile session onto quiet hours
+    # and reject 3-4 times too often: the test tells the two nulls apart
+    assert abs(_timing_rejections(24) - 0.02) <= 0.015
+    assert _timing_rejections(1) > 0.045
+
+
+def test_whole_cycle_shifts_match_a_loop_over_rolls():
+    rng = np.random.default_rng(8)
+    n, period = 101, 10  # 1 bar left out, 10 whole-cycle shifts
+    m = rng.normal(size=n)
+    p = np.sign(np.roll(m, 1)) + 0.3 * rng.normal(size=n)
+    t0, mean, sd, pval = _circular_timing(p[None], m, period)
+    q, mm = p[1:], m[1:]
+    null = np.array([np.roll(q, s) @ mm for s in range(0, n - 1, period)])
+    assert null.size == 10
+    assert t0[0] == pytest.approx(q @ mm)
+    assert mean[0] == pytest.approx(null.mean()) and sd[0] == pytest.approx(null.std())
+    assert pval[0] == pytest.approx(np.mean(null >= null[0] - 1e-12))
+    with pytest.raises(ValueError, match="period must be an int"):
+        _circular_timing(p[None], m, n)
+
+
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [
+        ([0.015, 0.012, 0.018, 0.011], [True, True, True, True]),  # all below alpha: kept
+        ([0.004, 0.3, 0.5, 0.9], [True, False, False, False]),  # a lone one needs alpha / m
+        ([0.006, 0.3, 0.5, 0.9], [False, False, False, False]),
+        ([0.006, 0.005, 0.03, 0.9], [True, True, False, False]),  # p_(2) <= alpha / 3
+        ([0.009, 0.008, 0.03, 0.9], [False, False, False, False]),
+    ],
+)
+def test_hochberg_step_up(p, expected):
+    np.testing.assert_array_equal(hochberg_reject(p, 0.02), expected)
+
+
+def test_hochberg_matches_its_definition_on_random_p_values():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        p = rng.uniform(0, 0.05, rng.integers(1, 7))
+        m = p.size
+        srt = np.sort(p)
+        ks = [i for i in range(1, m + 1) if srt[i - 1] <= 0.02 / (m - i + 1)]
+        ref = p <= srt[max(ks) - 1] if ks else np.zeros(m, dtype=bool)
+        np.testing.assert_array_equal(hochberg_reject(p, 0.02), ref)
+
+
+def test_one_skilled_and_three_unskilled_seeds_are_not_learned():
+    sim = SimConfig(n_bars=2000, n_seeds=4, n_passes=8, n_random_passes=8)
+    labels, pooled_edges = [], 0
+    for seed in range(12):
+        rng = np.random.default_rng([4, seed])
+        m = ar1_market(0.2)(rng, sim)
+        mu, sigma = uneven_seeds(rng, m, sim)
+        v = judge(*_passes(rng, m, mu, sigma, sim))
+        labels.append(v.label)
+        pooled_edges += v.checks["edge_vs_random_timing"].passed
+        # a positive point estimate is not evidence: no unskilled seed counts
+        assert not any(s.supports for s in v.seeds[1:])
+    assert LEARNED not in labels
+    assert pooled_edges >= 6  # the pool does carry the one seed's edge: stability decides
+
+
+def _passes(rng, m, mu, sigma, sim):
+    pr, rr, pos = simulate_passes(rng, m, mu, sigma, sim)
+    return pr, rr, m, pos
+
+
+def test_homogeneous_skilled_seeds_keep_their_power_under_hochberg():
+    v = judge(*_world(ar1_market(0.2), exploit, seed=5, sim=replace(SMALL, n_bars=2000)))
+    assert v.label == LEARNED and v.seed_share == 1.0
+
+
+@pytest.mark.parametrize(
+    ("sample", "in_sample"),
+    [
+        (Sample(split="test", checkpoint="best", selected_on="validation"), False),
+        (Sample(split="test", checkpoint="final"), False),
+        (Sample(split="validation", checkpoint="best", selected_on="validation"), True),
+        (Sample(split="validation", checkpoint="final"), True),
+        (Sample(split="all", checkpoint="final"), True),
+        (Sample(split="test", checkpoint="best", selected_on="test"), True),
+    ],
+)
+def test_in_sample_verdicts_never_say_learned(sample, in_sample):
+    world = _world(ar1_market(0.4), exploit)
+    v = judge(*world, sample=sample)
+    assert v.statistical_label == LEARNED
+    assert v.in_sample is in_sample
+    d = json.loads(json.dumps(v.to_dict(), allow_nan=False))
+    assert d["in_sample"] is in_sample and d["sample"]["split"] == sample.split
+    if in_sample:
+        assert v.label == IN_SAMPLE and d["label"] == IN_SAMPLE
+        assert v.explanation.startswith("IN-SAMPLE:")
+        assert relabel(v, VerdictConfig()) == IN_SAMPLE
+    else:
+        assert v.label == LEARNED and "IN-SAMPLE" not in v.explanation
+
+
+def test_an_in_sample_headline_says_so_whatever_the_label():
+    v = judge(*_world(random_walk, random_policy), sample=Sample(split="validation"))
+    assert v.label == RANDOM
+    assert v.explanation.startswith("IN-SAMPLE (validation split")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -65,6 +67,10 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
                    "rollout/episode_log_return", "rollout/mean_equity", "train/entropy_loss"):
         assert column in header
     assert not list(run_dir.rglob("*.tmp"))
+    # the trials behind best.zip: every checkpoint compared on the validation split
+    selection = json.loads((run_dir / "selection.json").read_text())
+    assert selection["selected_on"] == "validation"
+    assert selection["checkpoints_evaluated"] == 2  # at step 128 and the final weights
 
 
 def test_same_seed_same_weights(run_dir: Path, tmp_path: Path) -> None:
@@ -152,7 +158,8 @@ def test_memory_layers_from_yaml_and_usage_logged(tmp_path: Path) -> None:
     assert len(policy.features_extractor.encoder.memories) == 1
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch) -> None:
+def test_ctrl_c_saves_a_checkpoint_that_resumes(run_dir: Path, tmp_path: Path,
+                                                monkeypatch) -> None:
     from agents import MLKVPPO
 
     original = MLKVPPO.train
@@ -160,7 +167,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch) -> 
 
     def interrupted(self):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 2:  # in the second update, after its rollout (steps 128..256)
             raise KeyboardInterrupt
         original(self)
 
@@ -169,6 +176,75 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path, monkeypatch) -> 
         train(tiny("checkpoint_every=0"), runs_root=tmp_path, show_progress=False)
     run = next((tmp_path / "tiny").iterdir())
     saved = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert saved == ["ckpt-000000256.zip"]  # written on Ctrl-C, not periodically
+    # written on Ctrl-C, not periodically, at the start of the interrupted rollout: the
+    # partial rollout is not counted, so the resumed run is the uninterrupted one
+    assert saved == ["ckpt-000000128.zip"]
+    assert load_checkpoint(run / "checkpoints" / saved[0])[1]["num_timesteps"] == 128
     monkeypatch.setattr(MLKVPPO, "train", original)
-    assert (train(resume=run, show_progress=False) / "final.zip").is_file()
+    resumed = train(resume=run, show_progress=False)
+    a, b = weights(run_dir), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resumed_run_keeps_the_schedule_and_the_log(tmp_path: Path) -> None:
+    """eval_every != checkpoint_every: a resumed run validates at the same steps, and its
+    progress.csv holds the rows from before the resume."""
+    cfg = ("total_steps=640", "checkpoint_every=256", "eval_every=200")
+    whole = train(tiny(*cfg), runs_root=tmp_path / "a", show_progress=False)
+    half = train(tiny(*cfg[1:], "total_steps=384"), runs_root=tmp_path / "b",
+                 show_progress=False)  # checkpoint at 256, then stops at 384
+    (half / "final.zip").unlink()
+    text = (half / "config.yaml").read_text().replace("total_steps: 384", "total_steps: 640")
+    (half / "config.yaml").write_text(text)
+    resumed = train(resume=half, show_progress=False)
+
+    def evals(run: Path) -> list[tuple[int, str]]:
+        log = pd.read_csv(run / "progress.csv")
+        rows = log[log["eval/validation_log_return"].notna()]
+        return list(zip(rows["time/total_timesteps"], rows["eval/validation_log_return"],
+                        strict=True))
+
+    # validations at 256 (due at 200), 512 (256 + 200 <= 512) and the end, each logged with
+    # the row written after the next rollout (the last one after training)
+    assert [s for s, _ in evals(whole)] == [384, 640, 640]
+    assert evals(resumed) == evals(whole)
+    steps = [pd.read_csv(r / "progress.csv")["time/total_timesteps"].tolist()
+             for r in (whole, resumed)]
+    assert steps[0] == steps[1] == [128, 256, 384, 512, 640, 640]
+    a, b = weights(whole), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_budget_below_one_rollout_names_the_smallest(tmp_path: Path) -> None:
+    from experiments.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"total_steps: 100 is below one PPO rollout .* "
+                                          r"smallest budget is total_steps=128"):
+        tiny("total_steps=100")
+    assert not (tmp_path / "tiny").exists()
+    assert tiny("total_steps=200").trained_steps == 256
+    assert tiny("algo=sac", "total_steps=3").trained_steps == 4  # SAC: whole env steps
+
+
+@pytest.mark.parametrize("poison", ["weights", "loss"])
+def test_sac_nan_stops_training_naming_the_step(poison: str, tmp_path: Path,
+                                                monkeypatch) -> None:
+    from stable_baselines3 import SAC
+
+    original = SAC.train
+
+    def poisoned(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if poison == "weights":
+            with torch.no_grad():
+                next(self.policy.actor.parameters()).fill_(float("nan"))
+        else:
+            self.logger.record("train/critic_loss", float("nan"))
+
+    monkeypatch.setattr(SAC, "train", poisoned)
+    what = "weights" if poison == "weights" else "train/critic_loss"
+    with pytest.raises(TrainingDivergedError,
+                       match=rf"non-finite {what} after the update ending at step \d+\. "
+                             r"Lower sac.learning_rate"):
+        train(tiny("algo=sac", "sac.learning_starts=64", "sac.batch_size=32",
+                   "sac.buffer_size=1000"), runs_root=tmp_path, show_progress=False)

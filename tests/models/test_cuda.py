@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import KVSharingPlan, PKMConfig
+from models import KVSharingPlan, PKMConfig, StreamingEncoder
 
 pytestmark = pytest.mark.cuda
 
@@ -77,3 +77,28 @@ def test_compiled_encoder_matches_eager(make_encoder, mode):
     x = torch.randn(2, 64, 5, device="cuda")
     torch.testing.assert_close(compiled.encode_series(x), eager.encode_series(x), atol=ATOL, rtol=0)
     torch.testing.assert_close(_stream(compiled, x), _stream(eager, x), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("memory", "compile"), [({}, None), (MEMORY, None), ({}, "reduce-overhead")]
+)
+@torch.inference_mode()
+def test_cuda_graph_stream_matches_eager_steps_and_keeps_its_outputs(
+    make_encoder, memory, compile
+):
+    plan = KVSharingPlan.reference()
+    eager = make_encoder(plan, window=8, d_model=64, **memory).cuda()
+    graphed = make_encoder(plan, window=8, d_model=64, compile=compile, **memory).cuda()
+    stream = StreamingEncoder(graphed, batch=3)
+    assert stream.cuda_graph == (compile is None)
+    x = torch.randn(3, 40, 5, device="cuda")
+    reset = torch.tensor([True, False, True], device="cuda")
+    cache = eager.new_cache(3)
+    outs, refs = [], []
+    for t in range(40):
+        if t == 20:
+            stream.reset(reset)
+            cache.reset(reset)
+        outs.append(stream(x[:, t]))  # kept across replays: must not be overwritten
+        refs.append(eager.step(x[:, t], cache))
+    torch.testing.assert_close(torch.stack(outs, 1), torch.stack(refs, 1), atol=ATOL, rtol=0)

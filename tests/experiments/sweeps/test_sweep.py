@@ -19,7 +19,8 @@ from experiments.sweeps.board import read_progress
 from experiments.sweeps.manifest import MANIFEST, Sweep, expand_runs, parse_seeds
 from experiments.sweeps.train import seed_resources
 
-TINY = ["name=tiny", "total_steps=256", "data.source=synthetic:ar1", "data.n_bars=1200"]
+TINY = ["name=tiny", "total_steps=256", "n_envs=2", "ppo.n_steps=64", "data.source=synthetic:ar1",
+        "data.n_bars=1200"]
 
 
 @pytest.mark.parametrize(
