@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from evaluation import stats
 from evaluation.backtest import (
@@ -22,6 +23,7 @@ from evaluation.backtest import (
     summarise,
     trial_sharpe_variance,
 )
+from evaluation.passes import iter_policy_passes
 from evaluation.streaming import (
     HIST_RELATIVE_WIDTH,
     PassAccumulator,
@@ -345,3 +347,28 @@ def test_peak_memory_of_a_long_backtest_stays_within_the_streaming_bound() -> No
     bound = passes * per_pass + n * per_bar + bootstrap + null_path + 64 * 2**20  # + slack
     ledgers = 200 * passes * n  # what storing every pass-bar would take
     assert measured["grew"] < bound < ledgers, (measured, bound, ledgers)
+
+
+def test_streamed_passes_use_a_private_rng(test_candles) -> None:
+    """Issue 15's RNG guarantee on the streaming path: the sampled passes come from a
+    private generator seeded like ``torch.manual_seed(seed)``, so torch draws made by the
+    caller between chunks change nothing, and the global state is left as it was."""
+    policy = make_policy(0)
+    mask = np.arange(4) == 3
+    kwargs = {"n_passes": 4, "deterministic": mask, "seed": 9, "chunk": 16}
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    plain = list(iter_policy_passes(policy, test_candles, ENV, **kwargs))
+    assert torch.equal(torch.get_rng_state(), state)
+    interleaved = []
+    for chunk in iter_policy_passes(policy, test_candles, ENV, **kwargs):
+        torch.randn(7)  # the caller's own draws between chunks
+        interleaved.append(chunk)
+    for a, b in zip(plain, interleaved, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    # the same draws as the global generator seeded with the pass seed
+    torch.manual_seed(9)
+    eps = torch.randn(3)
+    first = plain[0]
+    want = np.clip(first.mean[:3, 0] + eps.numpy() * first.sigma[:3, 0], -1.0, 1.0)
+    np.testing.assert_allclose(first.positions[:3, 0], want, rtol=1e-6, atol=1e-7)
