@@ -19,7 +19,7 @@ array. That is how :class:`agents.MLKVPPO` evaluates a minibatch with one
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,6 +33,7 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.distributions import Normal
+from torch.nn import functional as F
 
 from models import EncoderConfig
 
@@ -324,11 +325,78 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         vf_features = (
             pi_features if len(extractors) == 1 else extractors[1].combine(encoded[:, d:], account)
         )
-        latent_pi = self.mlp_extractor.forward_actor(pi_features)
+        mean, log_sigma = self._actor_heads(pi_features)
         latent_vf = self.mlp_extractor.forward_critic(vf_features)
+        return mean, log_sigma, self.value_net(latent_vf).squeeze(-1)
+
+    def actor_from_encoded(
+        self, encoded: th.Tensor, account: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor]:
+        """The actor half of :meth:`heads_from_encoded` (no critic): what a backtest needs.
+
+        Returns:
+            ``(mean [B, act], log_sigma [B, act])``, equal to :meth:`heads_from_encoded`'s.
+        """
+        extractor = self._extractors()[0]
+        pi_features = extractor.combine(encoded[:, : extractor.encoding_dim], account)
+        return self._actor_heads(pi_features)
+
+    def actor_function(
+        self,
+    ) -> Callable[[th.Tensor, th.Tensor], tuple[th.Tensor, th.Tensor]] | None:
+        """:meth:`actor_from_encoded` as plain functional ops on the current weights.
+
+        The same ops in the same order (``F.linear``, the activation, ``cat``, ``sigmoid``), so
+        the same results bit for bit, without ``nn.Module`` dispatch: a backtest calls the
+        actor once per step, on a few hundred rows, where dispatch costs as much as the math.
+        ``None`` when a layer is not a ``Linear`` / ``Tanh`` / ``ReLU`` stack (then use
+        :meth:`actor_from_encoded`). Take a new function after the weights change.
+        """
+        acts = {nn.Tanh: th.tanh, nn.ReLU: th.relu}
+
+        def program(module: nn.Module) -> list[tuple[Any, ...]] | None:
+            layers = list(module) if isinstance(module, nn.Sequential) else [module]
+            steps: list[tuple[Any, ...]] = []
+            for layer in layers:
+                if type(layer) is nn.Linear:
+                    steps.append(("linear", layer.weight, layer.bias))
+                elif type(layer) in acts:
+                    steps.append(("act", acts[type(layer)]))
+                else:
+                    return None
+            return steps
+
+        extractor = self._extractors()[0]
+        parts = [
+            program(extractor.account_net),
+            program(self.mlp_extractor.policy_net),
+            program(self.log_sigma_net),
+            program(self.action_net),
+        ]
+        if any(p is None for p in parts) or type(extractor).combine is not MLKVExtractor.combine:
+            return None
+        account_steps, policy_steps, sigma_steps, action_steps = parts
+        d = extractor.encoding_dim
+        lo, hi = self.log_std_range
+
+        def run(steps: list[tuple[Any, ...]], x: th.Tensor) -> th.Tensor:
+            for step in steps:
+                x = F.linear(x, step[1], step[2]) if step[0] == "linear" else step[1](x)
+            return x
+
+        def actor(encoded: th.Tensor, account: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+            features = th.cat([encoded[:, :d], run(account_steps, account.float())], dim=1)
+            latent = run(policy_steps, features)
+            log_sigma = lo + (hi - lo) * th.sigmoid(run(sigma_steps, latent))
+            return run(action_steps, latent), log_sigma
+
+        return actor
+
+    def _actor_heads(self, pi_features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+        latent_pi = self.mlp_extractor.forward_actor(pi_features)
         log_sigma = self.log_sigma(latent_pi)
         self._last_log_sigma = log_sigma.detach()
-        return self.action_net(latent_pi), log_sigma, self.value_net(latent_vf).squeeze(-1)
+        return self.action_net(latent_pi), log_sigma
 
     def act_from_encoded(
         self, encoded: th.Tensor, account: th.Tensor, deterministic: bool = False

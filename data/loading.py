@@ -179,7 +179,7 @@ def _read(source: str | Path | pd.DataFrame, time_column: str | None) -> _Raw:
             if suffixes.endswith(".parquet") or suffixes.endswith(".pq"):
                 frame, offset, word = pd.read_parquet(path), 1, "row"
             else:
-                frame = pd.read_csv(path, dtype=str, skip_blank_lines=False, keep_default_na=False)
+                frame = _read_csv(path, name, time_column)
                 offset, word = 2, "line"  # line 1 is the header
         except ImportError as err:
             raise CandleDataError(
@@ -203,6 +203,25 @@ def _read(source: str | Path | pd.DataFrame, time_column: str | None) -> _Raw:
             source=name,
         )
     return _Raw(frame.reset_index(drop=True), name, offset, word, names)
+
+
+def _read_csv(path: Path, name: str, time_column: str | None) -> pd.DataFrame:
+    """The candle columns of a CSV file: numbers parsed by pandas' C parser, time as text.
+
+    Only the matched columns are read. A column with any entry that is not a plain number
+    (blank, ``nan``, text) comes back as text, and :func:`_inspect` checks it entry by entry;
+    clean numeric columns skip that (a 1M-row file validates in well under a second).
+    (Tested: the same float64 values as parsing the text column with ``pd.to_numeric``.)
+    """
+    header = pd.read_csv(path, nrows=0)
+    names = _match_columns(header, name, time_column)
+    return pd.read_csv(
+        path,
+        usecols=list(names.values()),
+        dtype={names["time"]: str},
+        skip_blank_lines=False,
+        keep_default_na=False,
+    )
 
 
 def _normalise(label: object) -> str:
@@ -299,10 +318,14 @@ def _inspect(
     values = np.empty((len(frame), len(CANDLE_COLUMNS)))
     for j, canon in enumerate(CANDLE_COLUMNS):
         col = frame[canon]
-        numeric = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-        text = col.astype(str).str.strip()
-        blank = (text == "") | col.isna().to_numpy() | text.str.lower().isin(["nan", "na"])
-        blank = blank.to_numpy()
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            numeric = col.to_numpy(dtype=np.float64)  # parsed already: only NaN/inf to find
+            blank = np.isnan(numeric)
+        else:
+            numeric = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+            text = col.astype(str).str.strip()
+            blank = (text == "") | col.isna().to_numpy() | text.str.lower().isin(["nan", "na"])
+            blank = blank.to_numpy()
         values[:, j] = numeric
         add(
             "non-numeric value",

@@ -319,6 +319,7 @@ def step_env(
     ledger: np.ndarray,
     reward_out: np.ndarray,
     done_out: np.ndarray,
+    position_out: np.ndarray,
 ) -> bool:
     """Advance env ``i`` by one bar (see the module docstring); returns whether it is done.
 
@@ -395,6 +396,7 @@ def step_env(
         ledger[slot, row, i, L_REWARD] = reward
 
     reward_out[i] = reward
+    position_out[i] = position
     at_end = t >= counters[i, C_END]
     counters[i, C_TRUNCATED] = at_end and not ruined
     done_out[i] = ruined or at_end
@@ -440,8 +442,12 @@ def step_kernel(
     if bad >= 0:
         return -(bad + 1)
     n_done = 0
+    position_out = np.empty(actions.shape[0])
     for i in range(actions.shape[0]):
-        if step_env(i, actions[i], market, params, counters, state, ledger, reward_out, done_out):
+        if step_env(
+            i, actions[i], market, params, counters, state, ledger, reward_out, done_out,
+            position_out,
+        ):
             n_done += 1
     window, n_features = candles_out.shape[1], features.shape[1]
     features_flat = features.reshape(-1)
@@ -474,8 +480,12 @@ def step_kernel_parallel(
     if bad >= 0:
         return -(bad + 1)
     n_done = 0
+    position_out = np.empty(actions.shape[0])
     for i in nb.prange(actions.shape[0]):
-        if step_env(i, actions[i], market, params, counters, state, ledger, reward_out, done_out):
+        if step_env(
+            i, actions[i], market, params, counters, state, ledger, reward_out, done_out,
+            position_out,
+        ):
             n_done += 1
     window, n_features = candles_out.shape[1], features.shape[1]
     features_flat = features.reshape(-1)
@@ -485,3 +495,74 @@ def step_kernel_parallel(
         copy_window(i, window, n_features, features_flat, counters, candles_flat)
         write_account(i, window, market, max_position, counters, state, account_out)
     return n_done
+
+
+@nb.njit(**_JIT)
+def replay_kernel(
+    actions: np.ndarray,
+    market: np.ndarray,
+    params: np.ndarray,
+    counters: np.ndarray,
+    state: np.ndarray,
+    ledger: np.ndarray,
+    alive: np.ndarray,
+    rewards_out: np.ndarray,
+    positions_out: np.ndarray,
+    costs_out: np.ndarray,
+    account_out: np.ndarray,
+    window: int,
+) -> int:
+    """Step N envs ``C`` times in one call, without candle windows and without auto-reset.
+
+    The backtest's inner loop: a test walk needs each step's reward, position and cost and,
+    for a policy that reads pre-encoded bars, only the account part of the next
+    observation. Envs whose episode ended (``alive[i]`` False) are not stepped again; their
+    later rows are 0.
+
+    Args:
+        actions: float64 ``[C, N]`` continuous actions, step-major (clipped like
+            :func:`step_kernel`'s).
+        market, params, counters, state, ledger: as in :func:`step_kernel`.
+        alive: bool ``[N]`` envs still in their episode (updated in place).
+        rewards_out: float64 ``[C, N]`` log return of equity per step (written).
+        positions_out: float64 ``[C, N]`` position held over each step, as the ledger's
+            ``position`` (written).
+        costs_out: float64 ``[C, N]`` costs paid per step as a fraction of the equity before
+            it (written).
+        account_out: float32 ``[N, A]`` account part of the next observation, written after
+            the last step; pass a ``[0, A]`` array to skip it.
+        window: T, for the account's bars-in-position feature.
+
+    Returns:
+        0, or ``-(i + 1)`` if an action of env ``i`` is not finite (then the steps before it
+        were taken).
+    """
+    n_steps, n = actions.shape
+    reward_scratch = np.empty(n, dtype=np.float32)
+    done_scratch = np.empty(n, dtype=np.bool_)
+    position = np.empty(n)
+    for c in range(n_steps):
+        for i in range(n):
+            if not alive[i]:
+                rewards_out[c, i] = 0.0
+                positions_out[c, i] = 0.0
+                costs_out[c, i] = 0.0
+                continue
+            a = actions[c, i]
+            if not np.isfinite(a):
+                return -(i + 1)
+            equity_prev = state[i, S_EQUITY]
+            done = step_env(
+                i, a, market, params, counters, state, ledger, reward_scratch, done_scratch,
+                position,
+            )
+            rewards_out[c, i] = state[i, S_REWARD]
+            positions_out[c, i] = position[i]
+            costs_out[c, i] = state[i, S_COST] / equity_prev
+            if done:
+                alive[i] = False
+    if account_out.shape[0] > 0:
+        max_position = params[P_MAX_POSITION]
+        for i in range(n):
+            write_account(i, window, market, max_position, counters, state, account_out)
+    return 0

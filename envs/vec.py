@@ -41,6 +41,7 @@ from envs.kernels import (
     S_POSITION,
     MarketArrays,
     make_params,
+    replay_kernel,
     reset_kernel,
     restart_kernel,
     step_kernel,
@@ -141,6 +142,11 @@ class MarketReplayVecEnv(VecEnv):
         return self.market.features
 
     @property
+    def walk_start(self) -> int:
+        """Last bar of the first observation of every test walk (``mode="test"``)."""
+        return self._first_start
+
+    @property
     def first_valid(self) -> int:
         """First bar whose features are defined."""
         return self.market.first_valid
@@ -234,6 +240,48 @@ class MarketReplayVecEnv(VecEnv):
             self._finish_episodes(dones, candles, account, infos)
         obs = {"candles": candles, "account": account}
         return obs, rewards, dones, infos
+
+    def replay(
+        self, actions: np.ndarray, alive: np.ndarray, account: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Step every env ``C`` times with ``actions [C, N]`` in one call (test walks).
+
+        The backtest's fast path (:func:`envs.kernels.replay_kernel`): no candle windows, no
+        infos, no auto-reset. An env whose episode ends (truncated at the last bar or
+        ruined) is marked ``False`` in ``alive`` and not stepped again; its later rows are 0.
+        Use after :meth:`reset` (``mode="test"``) instead of :meth:`step`, not mixed with it.
+
+        Args:
+            actions: ``[C, N]`` continuous actions (one row per step).
+            alive: bool ``[N]``, updated in place; start with all True.
+            account: also return the account part of the next observation.
+
+        Returns:
+            ``(rewards, positions, costs, account)``: float64 ``[C, N]`` log return of equity,
+            position held (the ledger's ``position``), costs as a fraction of the equity before
+            the step; and float32 ``[N, A]`` (or None).
+
+        Raises:
+            ValueError: a non-finite action, or discrete actions.
+        """
+        if self._discrete:
+            raise ValueError("replay() takes continuous actions only.")
+        actions = np.ascontiguousarray(actions, dtype=np.float64)
+        if actions.ndim != 2 or actions.shape[1] != self.num_envs:
+            raise ValueError(
+                f"actions must have shape [C, {self.num_envs}], got {actions.shape}."
+            )
+        shape = actions.shape
+        rewards, positions, costs = np.empty(shape), np.empty(shape), np.empty(shape)
+        account_out = np.empty(self._account_shape if account else (0, 0), dtype=np.float32)
+        status = replay_kernel(
+            actions, self.market.market, self._params, self._counters, self._state,
+            self._ledger, alive, rewards, positions, costs, account_out, self.config.window,
+        )
+        if status < 0:
+            i = -status - 1
+            raise ValueError(f"env {i}: " + invalid_action_message(np.float64(np.nan), False))
+        return rewards, positions, costs, (account_out if account else None)
 
     def close(self) -> None:
         """Nothing to release."""

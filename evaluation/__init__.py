@@ -16,13 +16,22 @@ Arrays and policies in, results out: no run directories, no files, no CLI (those
                     VerdictConfig(alpha=0.05))
 
 Modules: ``passes`` (K passes of a policy in lockstep through the batched env),
-``backtest`` (policy + baselines + random passes -> verdict and summary), ``stats``
+``backtest`` (policy + baselines + random passes -> verdict and summary), ``streaming``
+(the statistics of K passes folded in chunk by chunk of bars: no ``[K, n_bars]`` arrays
+unless ``keep_ledgers``), ``stats``
 (per-pass metrics, PSR/DSR/MinTRL, IQM and probability of improvement), ``bootstrap`` (block
 bootstraps), ``verdict`` (the calibrated verdict, see ``docs/evaluator.md``) and ``report``
 (HTML rendering).
 """
 
-from .backtest import BacktestResult, SeedPasses, backtest, combine, policy_passes
+from .backtest import (
+    BacktestResult,
+    SeedPasses,
+    backtest,
+    combine,
+    merge_pass_groups,
+    policy_passes,
+)
 from .bootstrap import block_bootstrap_means, default_block_length
 from .passes import PassResult, run_policy_passes
 from .report import render_report
@@ -40,16 +49,29 @@ from .stats import (
     seasonal_period,
     sharpe_ratio,
 )
-from .verdict import LABELS, Sample, Verdict, VerdictConfig, judge, relabel
+from .streaming import PassAccumulator, PassSummary
+from .verdict import (
+    LABELS,
+    Sample,
+    Verdict,
+    VerdictConfig,
+    VerdictInputs,
+    judge,
+    judge_inputs,
+    relabel,
+)
 
 __all__ = [
     "LABELS",
     "BacktestResult",
+    "PassAccumulator",
     "PassResult",
+    "PassSummary",
     "Sample",
     "SeedPasses",
     "Verdict",
     "VerdictConfig",
+    "VerdictInputs",
     "backtest",
     "block_bootstrap_means",
     "combine",
@@ -60,6 +82,8 @@ __all__ = [
     "iqm",
     "iqm_ci",
     "judge",
+    "judge_inputs",
+    "merge_pass_groups",
     "min_track_record_length",
     "pass_metrics",
     "policy_passes",

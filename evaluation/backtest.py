@@ -5,9 +5,14 @@ costs: K stochastic passes (sampled actions), one deterministic pass (the mean),
 **exposure-matched random** passes (the policy's own |position| path with its own
 direction pattern shifted to a random time: same exposure and turnover, random timing, no
 skill; :func:`exposure_matched_random`); plus
-flat and buy-and-hold once. All passes go through the batched env in lockstep; the MLKV
-policy encodes the test series once and shares it across its K passes. The verdict comes
-from :func:`evaluation.verdict.judge` on those arrays.
+flat and buy-and-hold once. A policy's passes go through the batched env in lockstep; the
+MLKV policy encodes the test series once and shares it across its K passes. The random
+passes follow in a second walk of the same env and costs (their shifted direction path
+can look ahead, so it needs the policy's whole walk: 5 bytes per pass-bar of one policy
+are kept for it, see :func:`policy_passes`). The passes are not stored:
+:mod:`evaluation.streaming` folds each chunk of bars into every statistic the summary and
+the verdict (:func:`evaluation.verdict.judge_inputs`) need, so memory does not grow with
+passes x bars x seeds; ``keep_ledgers=True`` also keeps the per-bar arrays.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import numpy as np
 import pandas as pd
 
 from envs import EnvConfig
+from envs.kernels import M_CLOSE, MarketArrays
 
 from . import stats
-from .passes import PassResult, ScheduledActions, run_policy_passes
-from .verdict import Sample, Verdict, VerdictConfig, judge
+from .passes import CHUNK, PassResult, ScheduledRun, iter_policy_passes, walk_times
+from .streaming import PassAccumulator, PassSummary, RandomTargets, random_timing
+from .verdict import Sample, Verdict, VerdictConfig, VerdictInputs, judge_inputs
 
 FORMAT = "mlkv-trader-backtest"
 VERSION = 1
@@ -32,12 +39,17 @@ VERSION = 1
 
 @dataclass(frozen=True)
 class SeedPasses:
-    """Everything run for one policy: K stochastic, 1 deterministic, K random passes."""
+    """Everything run for one policy: K stochastic, 1 deterministic, K random passes.
+
+    Each group is a :class:`~evaluation.streaming.PassSummary` (the statistics, accumulated
+    while the passes ran); its ``ledgers`` hold the per-bar ``[K, N]`` arrays only when the
+    backtest was asked to keep them.
+    """
 
     name: str  # run directory or a label
-    stochastic: PassResult  # [K, N]
-    deterministic: PassResult  # [1, N]
-    random: PassResult  # [K, N] exposure-matched random passes
+    stochastic: PassSummary  # K passes
+    deterministic: PassSummary  # 1 pass
+    random: PassSummary  # K exposure-matched random passes
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,8 @@ class BacktestResult:
     """All passes of all policies over one test period, the baselines and the verdict."""
 
     seeds: list[SeedPasses]
-    buy_and_hold: PassResult  # [1, N]
-    flat: PassResult  # [1, N]
+    buy_and_hold: PassSummary  # 1 pass
+    flat: PassSummary  # 1 pass
     price: np.ndarray  # float64 [N] close of the bar each step is marked at
     verdict: Verdict
     settings: dict[str, Any] = field(default_factory=dict)
@@ -93,8 +105,7 @@ def exposure_matched_random(positions: np.ndarray, rng: np.random.Generator) -> 
     idx = np.where(idx < 0, first[:, None], idx)
     direction = np.take_along_axis(sign, idx, axis=1)
     direction = np.where(direction == 0.0, 1.0, direction)
-    shift = rng.integers(1, n, size=k) if n > 1 else np.zeros(k, dtype=np.int64)
-    flip = rng.choice(np.array([-1.0, 1.0]), size=k)
+    shift, flip = random_timing(rng, k, n)  # streamed by RandomTargets: the same draws
     cols = (np.arange(n)[None, :] - shift[:, None]) % n
     return np.abs(p) * flip[:, None] * np.take_along_axis(direction, cols, axis=1)
 
@@ -109,6 +120,7 @@ def backtest(
     names: list[str] | None = None,
     verdict_config: VerdictConfig | None = None,
     on_policy_done: Any = None,
+    keep_ledgers: bool = False,
     sample: Sample | None = None,
     bars_per_year: float | None = None,
     period: int | None = None,
@@ -130,6 +142,11 @@ def backtest(
         names: a label per policy (default ``policy-<i>``).
         verdict_config: thresholds of the verdict.
         on_policy_done: optional callback ``(index, name) -> None`` for progress display.
+        keep_ledgers: also keep every pass's per-bar arrays (``PassSummary.ledgers``);
+            memory ``~50 bytes x passes x bars``. Off: only the streaming statistics,
+            ``O(passes x (n_windows + plot points) + bars)`` per policy, plus, while one
+            policy runs, the direction path the random null needs (5 bytes x passes x bars,
+            freed after it; see :func:`policy_passes`).
         sample: which split the candles are and how the checkpoints were chosen (see
             :class:`evaluation.verdict.Sample`); None: an untouched test split, one trial.
         bars_per_year: annualisation; None infers it from the candles' frequency
@@ -143,34 +160,43 @@ def backtest(
     names = names or [f"policy-{i}" for i in range(len(policies))]
     if len(names) != len(policies):
         raise ValueError(f"got {len(names)} names for {len(policies)} policies.")
+    n_windows = (verdict_config or VerdictConfig()).n_windows
     seeds = []
     for i, (name, policy) in enumerate(zip(names, policies, strict=True)):
         seeds.append(
             policy_passes(
                 policy, candles, index=i, passes=passes, env_config=env_config, seed=seed,
-                name=name,
+                name=name, n_windows=n_windows, keep_ledgers=keep_ledgers,
             )
         )
         if on_policy_done is not None:
             on_policy_done(i, name)
     return combine(
         seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config,
-        sample=sample, bars_per_year=bars_per_year, period=period,
+        keep_ledgers=keep_ledgers, sample=sample, bars_per_year=bars_per_year, period=period,
     )
+
+
+def _market(candles: pd.DataFrame | MarketArrays) -> MarketArrays:
+    """The per-bar arrays of ``candles`` (computed once, shared by all walks over them)."""
+    return candles if isinstance(candles, MarketArrays) else MarketArrays.from_candles(candles)
 
 
 def _scheduled(
-    actions: np.ndarray, candles: pd.DataFrame, env_config: EnvConfig, seed: int
-) -> PassResult:
-    """Passes that follow fixed target positions, ``[n_passes, n_bars]`` (or broadcast)."""
-    return run_policy_passes(
-        ScheduledActions(actions),
-        candles,
-        _test_env(env_config),
-        n_passes=actions.shape[0],
-        deterministic=True,
-        seed=seed,
-    )
+    actions: np.ndarray,
+    candles: pd.DataFrame | MarketArrays,
+    env_config: EnvConfig,
+    seed: int,
+    n_windows: int,
+    keep_ledgers: bool,
+) -> PassSummary:
+    """Passes that hold fixed target positions ``[n_passes, 1]`` throughout."""
+    times = walk_times(candles, _test_env(env_config))
+    acc = PassAccumulator(actions.shape[0], times, n_windows, keep_ledgers=keep_ledgers)
+    run = ScheduledRun(candles, _test_env(env_config), actions.shape[0], seed)
+    for chunk in run.walk(np.asarray(actions)):
+        acc.update(chunk.log_returns, chunk.positions, chunk.costs)
+    return acc.finish()
 
 
 def _test_env(env_config: EnvConfig) -> EnvConfig:
@@ -186,11 +212,27 @@ def policy_passes(
     env_config: EnvConfig,
     seed: int = 0,
     name: str | None = None,
+    n_windows: int | None = None,
+    keep_ledgers: bool = False,
+    pass_slice: slice | None = None,
 ) -> SeedPasses:
     """One policy's K stochastic passes, its deterministic pass and K random passes.
 
     Seeded by ``(seed, index)`` alone, so policy ``index`` of a set gets the same passes
-    whether the set runs in one process or as one task per policy.
+    whether the set runs in one process or as one task per policy (or one task per pass
+    group). Two streaming phases, a chunk of bars at a time:
+
+    1. the K stochastic passes and the deterministic one walk the test period in lockstep;
+       their statistics are folded in as they go, and the group's ``|p_t|`` (float32) and
+       direction (int8) are kept for the random null (:class:`RandomTargets`);
+    2. the K random passes (:func:`exposure_matched_random`: the policy pass's exposure
+       with its own direction path shifted by a random ``u``; the shift can look ahead,
+       so this phase needs the whole policy walk) then walk the same env and cost path
+       (the replay kernel) with targets taken from that stored path chunk by chunk.
+
+    Memory: 5 bytes per pass-bar of this policy's passes while it runs (freed after it),
+    besides the accumulators; nothing else of size ``K x n_bars`` is kept unless
+    ``keep_ledgers``.
 
     Args:
         policy: as in :func:`backtest`.
@@ -200,25 +242,110 @@ def policy_passes(
         env_config: costs and window of the env; ``mode`` is forced to ``"test"``.
         seed: the backtest's seed.
         name: its label (default ``policy-<index>``).
+        n_windows: dispersion windows of the verdict (default ``VerdictConfig().n_windows``).
+        keep_ledgers: also keep the per-bar arrays of every pass.
+        pass_slice: keep only these passes of the K (a contiguous group, e.g.
+            ``slice(0, 25)``), with the numbers they have in the full run; the
+            deterministic pass comes with the group that ends at K. :func:`merge_pass_groups`
+            joins the groups of one policy back together (a long seed split over workers).
     """
     if int(passes) != passes or passes < 2:
         raise ValueError(
             f"passes must be an integer >= 2 (K passes make a dispersion), got {passes}."
         )
+    n_windows = VerdictConfig().n_windows if n_windows is None else int(n_windows)
     policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
-    # K stochastic passes and the deterministic one (last row) in one lockstep run
-    both = run_policy_passes(
+    env = _test_env(env_config)
+    candles = _market(candles)  # features once, shared by every walk below
+    times = walk_times(candles, env)
+    n_steps = len(times)
+    lo, hi, _ = (pass_slice or slice(0, passes)).indices(passes)
+    group = np.arange(lo, hi)
+    with_det = hi == passes
+    sto = PassAccumulator(group.size, times, n_windows, sigma=True, keep_ledgers=keep_ledgers)
+    det = PassAccumulator(1, times, n_windows, sigma=True, keep_ledgers=keep_ledgers)
+    rnd = PassAccumulator(group.size, times, n_windows, keep_ledgers=keep_ledgers)
+    # exposure_matched_random(positions, default_rng([seed, index])), streamed: the shifts
+    # and flips of all K passes are drawn here, the group's rows kept
+    targets = RandomTargets(np.random.default_rng([seed, index]), passes, n_steps, group)
+    # phase 1: K stochastic passes and the deterministic one (last row) in one lockstep run
+    chunks = iter_policy_passes(
         policy,
         candles,
-        _test_env(env_config),
+        env,
         n_passes=passes + 1,
         deterministic=np.arange(passes + 1) == passes,
         seed=seed + 7919 * (index + 1),
+        chunk=CHUNK,
     )
-    sto, det = both.rows(slice(0, passes)), both.rows(slice(passes, None))
-    rng = np.random.default_rng([seed, index])
-    rnd = _scheduled(exposure_matched_random(sto.positions, rng), candles, env_config, seed)
-    return SeedPasses(name or f"policy-{index}", sto, det, rnd)
+    for chunk in chunks:
+        for first in range(0, chunk.positions.shape[1], CHUNK):  # generic: one big chunk
+            cols = slice(first, first + CHUNK)
+            pos, ret = chunk.positions[:, cols], chunk.log_returns[:, cols]
+            cost, mean, sigma = chunk.costs[:, cols], chunk.mean[:, cols], chunk.sigma[:, cols]
+            sto.update(ret[group], pos[group], cost[group], mean[group], sigma[group])
+            if with_det:
+                det.update(ret[-1:], pos[-1:], cost[-1:], mean[-1:], sigma[-1:])
+            targets.add(pos[group])
+    # phase 2: the random passes through the same env and costs, a chunk at a time
+    random_run = ScheduledRun(candles, env, group.size, seed)
+    for t0 in range(0, n_steps, CHUNK):
+        r = random_run.step(targets.take(t0, min(t0 + CHUNK, n_steps)))
+        rnd.update(r.log_returns, r.positions, r.costs)
+    del targets
+    deterministic = det.finish() if with_det else None
+    return SeedPasses(name or f"policy-{index}", sto.finish(), deterministic, rnd.finish())
+
+
+def merge_pass_groups(groups: list[SeedPasses]) -> SeedPasses:
+    """One policy's passes from contiguous groups (:func:`policy_passes` ``pass_slice``).
+
+    The groups must be in pass order and the last one must hold the deterministic pass;
+    the result equals the single run's (per-bar means are pass-count weighted sums of the
+    groups' means, so they agree to rounding).
+    """
+    if not groups:
+        raise ValueError("merge_pass_groups needs at least one group.")
+    if groups[-1].deterministic is None:
+        raise ValueError("the last pass group must end at K (it holds the deterministic pass).")
+    return SeedPasses(
+        groups[0].name,
+        _merge([g.stochastic for g in groups]),
+        groups[-1].deterministic,
+        _merge([g.random for g in groups]),
+    )
+
+
+def _merge(parts: list[PassSummary]) -> PassSummary:
+    if len(parts) == 1:
+        return parts[0]
+    sizes = np.array([p.n_passes for p in parts], dtype=np.float64)
+    weights = sizes / sizes.sum()
+    ledgers = None
+    if all(p.ledgers is not None for p in parts):
+        ledgers = PassResult(
+            parts[0].times,
+            *(
+                np.concatenate([getattr(p.ledgers, f) for p in parts])
+                for f in ("positions", "log_returns", "costs", "mean", "sigma")
+            ),
+        )
+    sigma = None
+    if parts[0].sigma_mean is not None:
+        sigma = sum(w * p.sigma_mean for w, p in zip(weights, parts, strict=True))
+    return PassSummary(
+        times=parts[0].times,
+        state=np.concatenate([p.state for p in parts]),
+        var_95=np.concatenate([p.var_95 for p in parts]),
+        cvar_95=np.concatenate([p.cvar_95 for p in parts]),
+        window_totals=np.concatenate([p.window_totals for p in parts]),
+        mean_returns=sum(w * p.mean_returns for w, p in zip(weights, parts, strict=True)),
+        mean_positions=sum(w * p.mean_positions for w, p in zip(weights, parts, strict=True)),
+        plot_bars=parts[0].plot_bars,
+        plot_cum=np.concatenate([p.plot_cum for p in parts]),
+        sigma_mean=sigma,
+        ledgers=ledgers,
+    )
 
 
 def combine(
@@ -228,33 +355,44 @@ def combine(
     env_config: EnvConfig,
     seed: int = 0,
     verdict_config: VerdictConfig | None = None,
+    keep_ledgers: bool = False,
     sample: Sample | None = None,
     bars_per_year: float | None = None,
     period: int | None = None,
 ) -> BacktestResult:
     """Buy-and-hold and flat on the same bars, and one verdict over all policies' passes.
 
-    ``sample``, ``bars_per_year`` and ``period`` as in :func:`backtest`.
+    ``keep_ledgers``, ``sample``, ``bars_per_year`` and ``period`` as in :func:`backtest`.
     """
-    buy_and_hold = _scheduled(np.ones((1, 1)), candles, env_config, seed)  # always +1
-    flat = _scheduled(np.zeros((1, 1)), candles, env_config, seed)
-    n_steps = buy_and_hold.log_returns.shape[1]
+    cfg = verdict_config or VerdictConfig()
+    n_windows = cfg.n_windows
+    market = _market(candles)
+    buy_and_hold = _scheduled(np.ones((1, 1)), market, env_config, seed, n_windows, keep_ledgers)
+    flat = _scheduled(np.zeros((1, 1)), market, env_config, seed, n_windows, keep_ledgers)
+    n_steps = buy_and_hold.n_bars
     times = buy_and_hold.times
     if period is None:
         period = min(stats.seasonal_period(times), max(1, n_steps // 2))
     if bars_per_year is None:
         bars_per_year = stats.infer_bars_per_year(times)
     smp = sample if sample is not None else Sample()
-    verdict = judge(
-        np.stack([s.stochastic.log_returns for s in seeds]),
-        np.stack([s.random.log_returns for s in seeds]),
-        buy_and_hold.log_returns[0],
-        np.stack([s.stochastic.positions for s in seeds]),
-        verdict_config,
-        period=period,
-        sample=smp,
+    for s in seeds:
+        if s.stochastic.window_totals.shape[1] != n_windows:
+            raise ValueError(
+                f"the passes of {s.name} were accumulated over "
+                f"{s.stochastic.window_totals.shape[1]} windows; the verdict asks for "
+                f"{n_windows}: run policy_passes with n_windows={n_windows}."
+            )
+    inputs = VerdictInputs(
+        policy_window_totals=np.stack([s.stochastic.window_totals for s in seeds]),
+        random_window_totals=np.stack([s.random.window_totals for s in seeds]),
+        policy_mean_returns=np.stack([s.stochastic.mean_returns for s in seeds]),
+        policy_mean_positions=np.stack([s.stochastic.mean_positions for s in seeds]),
+        policy_totals=np.stack([s.stochastic.totals for s in seeds]),
+        market_returns=buy_and_hold.mean_returns,
     )
-    price = candles["close"].to_numpy(dtype=np.float64)[-n_steps:]
+    verdict = judge_inputs(inputs, cfg, period=period, sample=smp)
+    price = market.market[-n_steps:, M_CLOSE].copy()
     settings = {
         "passes": seeds[0].stochastic.n_passes,
         "seed": seed,
@@ -281,23 +419,8 @@ def _round(x: np.ndarray) -> list[float]:
     return [float(v) for v in np.round(np.asarray(x, dtype=np.float64), 7)]
 
 
-def _metrics(
-    p: PassResult, i: int, bars_per_year: float, trials: tuple[int, float] | None = None
-) -> dict[str, float]:
-    m = stats.pass_metrics(
-        p.log_returns[i], p.positions[i], p.costs[i], bars_per_year=bars_per_year
-    )
-    if trials is not None:  # DSR against the real trials, not the K passes
-        n_trials, sr_var = trials
-        m["dsr"] = stats.deflated_sharpe_ratio(
-            m["sharpe_per_bar"], int(m["n_bars"]), n_trials=n_trials, sr_variance=sr_var,
-            skew=m["skew"], kurtosis=m["kurtosis"],
-        )
-    return m
-
-
-def _mean_metrics(p: PassResult, bars_per_year: float) -> dict[str, float]:
-    rows = [_metrics(p, i, bars_per_year) for i in range(p.n_passes)]
+def _mean_metrics(p: PassSummary, bars_per_year: float) -> dict[str, float]:
+    rows = [p.metrics(i, bars_per_year=bars_per_year) for i in range(p.n_passes)]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
@@ -318,12 +441,17 @@ def trial_sharpe_variance(seed_sharpes: np.ndarray, n_bars: int) -> float:
 
 
 def random_null_match(seeds: list[SeedPasses]) -> dict[str, Any]:
-    """What the random passes match: mean exposure and turnover, policy vs random passes."""
+    """What the random passes match: mean exposure and turnover, policy vs random passes.
+
+    From the streaming accumulators (per-pass exposure, turnover and costs), the same
+    numbers :func:`evaluation.stats.exposure` / :func:`evaluation.stats.turnover` and the
+    summed costs give on the full ``[K, N]`` arrays (up to summation order).
+    """
     pol = [s.stochastic for s in seeds]
     rnd = [s.random for s in seeds]
 
-    def mean_of(fn: Any, passes: list[PassResult]) -> float:
-        return float(np.mean([fn(p.positions[i]) for p in passes for i in range(p.n_passes)]))
+    def mean_of(name: str, passes: list[PassSummary]) -> float:
+        return float(np.mean(np.concatenate([getattr(p, name) for p in passes])))
 
     return {
         "design": (
@@ -331,25 +459,28 @@ def random_null_match(seeds: list[SeedPasses]) -> dict[str, Any]:
             "pass's own direction pattern shifted to a random time (and flipped at random): "
             "same exposure, same number of direction changes, random timing"
         ),
-        "policy_exposure": mean_of(stats.exposure, pol),
-        "random_exposure": mean_of(stats.exposure, rnd),
-        "policy_turnover": mean_of(stats.turnover, pol),
-        "random_turnover": mean_of(stats.turnover, rnd),
-        "policy_costs": float(np.mean([p.costs.sum(axis=1).mean() for p in pol])),
-        "random_costs": float(np.mean([p.costs.sum(axis=1).mean() for p in rnd])),
+        "policy_exposure": mean_of("exposures", pol),
+        "random_exposure": mean_of("exposures", rnd),
+        "policy_turnover": mean_of("turnovers", pol),
+        "random_turnover": mean_of("turnovers", rnd),
+        "policy_costs": float(np.mean([p.cost_totals.mean() for p in pol])),
+        "random_costs": float(np.mean([p.cost_totals.mean() for p in rnd])),
     }
 
 
 def summarise(result: BacktestResult) -> dict[str, Any]:
-    """Every number of a backtest as a JSON-ready dict: bands, pass totals, metrics, verdict."""
+    """Every number of a backtest as a JSON-ready dict: bands, pass totals, metrics, verdict.
+
+    Per-bar series (times, price, bands, lines, sigma) are given at the plotting bars
+    (:data:`evaluation.streaming.PLOT_POINTS`: every bar of a shorter test period).
+    """
     seeds = result.seeds
-    policy_cum = np.concatenate([np.cumsum(s.stochastic.log_returns, axis=1) for s in seeds])
-    random_cum = np.concatenate([np.cumsum(s.random.log_returns, axis=1) for s in seeds])
+    plot = result.buy_and_hold.plot_bars
+    policy_cum = np.concatenate([s.stochastic.plot_cum for s in seeds])
+    random_cum = np.concatenate([s.random.plot_cum for s in seeds])
     bpy = result.settings.get("bars_per_year") or stats.infer_bars_per_year(result.times)
-    n_bars = result.buy_and_hold.log_returns.shape[1]
-    seed_sharpes = np.array(
-        [stats.return_moments(s.deterministic.log_returns[0])[0] for s in seeds]
-    )
+    n_bars = result.buy_and_hold.n_bars
+    seed_sharpes = np.array([s.deterministic.sharpes()[0] for s in seeds])
     # the trials behind the selection: configs x checkpoints x seeds (recorded by the runs),
     # at least the seeds judged here; the K passes of one policy are not trials
     n_trials = max(int(result.settings.get("n_trials") or 1), len(seeds))
@@ -359,7 +490,7 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
         rows.append(
             {
                 "name": f"{s.name} (deterministic)",
-                "metrics": _metrics(s.deterministic, 0, bpy, trials),
+                "metrics": s.deterministic.metrics(0, bars_per_year=bpy, trials=trials),
             }
         )
         rows.append(
@@ -369,10 +500,10 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
             }
         )
         rows.append({"name": f"{s.name} random (mean)", "metrics": _mean_metrics(s.random, bpy)})
-    rows.append({"name": "buy-and-hold", "metrics": _metrics(result.buy_and_hold, 0, bpy)})
-    rows.append({"name": "flat", "metrics": _metrics(result.flat, 0, bpy)})
-    seed_means = np.array([s.stochastic.log_returns.sum(axis=1).mean() for s in seeds])
-    random_totals = np.concatenate([s.random.log_returns.sum(axis=1) for s in seeds])
+    rows.append({"name": "buy-and-hold", "metrics": result.buy_and_hold.metrics(0, None, bpy)})
+    rows.append({"name": "flat", "metrics": result.flat.metrics(0, None, bpy)})
+    seed_means = np.array([s.stochastic.totals.mean() for s in seeds])
+    random_totals = np.concatenate([s.random.totals for s in seeds])
     if len(seeds) > 1:
         iqm, lo, hi = stats.iqm_ci(seed_means, rng=0)
     else:
@@ -381,7 +512,7 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
         "iqm": iqm,
         "iqm_ci": [float(lo), float(hi)],
         "poi_vs_random": stats.probability_of_improvement(
-            np.concatenate([s.stochastic.log_returns.sum(axis=1) for s in seeds]), random_totals
+            np.concatenate([s.stochastic.totals for s in seeds]), random_totals
         ),
     }
     return {
@@ -392,22 +523,23 @@ def summarise(result: BacktestResult) -> dict[str, Any]:
         "policies": [s.name for s in seeds],
         "verdict": result.verdict.to_dict(),
         "series": {
-            "times": [t.isoformat() for t in result.times],
-            "price": _round(result.price),
-            "buy_and_hold": _round(np.cumsum(result.buy_and_hold.log_returns[0])),
+            "times": [t.isoformat() for t in result.times[plot]],
+            "price": _round(result.price[plot]),
+            "buy_and_hold": _round(result.buy_and_hold.plot_cum[0]),
             "policy_band": _band(policy_cum),
             "random_band": _band(random_cum),
-            "deterministic": [_round(np.cumsum(s.deterministic.log_returns[0])) for s in seeds],
+            "deterministic": [_round(s.deterministic.plot_cum[0]) for s in seeds],
             "sigma": [
-                _round(np.nanmean(s.stochastic.sigma, axis=0))
-                if np.isfinite(s.stochastic.sigma).any()
+                _round(s.stochastic.sigma_mean)
+                if s.stochastic.sigma_mean is not None
+                and np.isfinite(s.stochastic.sigma_mean).any()
                 else []
                 for s in seeds
             ],
         },
         "pass_totals": {
-            "policy": [_round(s.stochastic.log_returns.sum(axis=1)) for s in seeds],
-            "random": [_round(s.random.log_returns.sum(axis=1)) for s in seeds],
+            "policy": [_round(s.stochastic.totals) for s in seeds],
+            "random": [_round(s.random.totals) for s in seeds],
         },
         "metrics": {
             "rows": rows,

@@ -15,6 +15,7 @@ noise of the training seeds (issue 15). The env draws from its own numpy generat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 
 from envs import EnvConfig, MarketReplayVecEnv
+from envs.kernels import MarketArrays
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,175 @@ class PassResult:
         )
 
 
+CHUNK = 1024
+"""Steps per chunk of a streaming walk: ``[K, CHUNK]`` arrays at a time."""
+
+
+@dataclass(frozen=True)
+class PassChunk:
+    """Steps ``first .. first + C - 1`` of K passes walking a test period in lockstep."""
+
+    first: int  # index of the chunk's first step in the walk
+    positions: np.ndarray  # float64 [K, C] position held over each step
+    log_returns: np.ndarray  # float64 [K, C] net log return of equity per step (0 once ended)
+    costs: np.ndarray  # float64 [K, C] costs per step, fraction of the equity before it
+    mean: np.ndarray  # float32 [K, C] policy mean action (NaN: generic policies, ended passes)
+    sigma: np.ndarray  # float32 [K, C] policy sigma (NaN likewise)
+
+
+def walk_times(
+    candles: pd.DataFrame | MarketArrays, env_config: EnvConfig
+) -> pd.DatetimeIndex:
+    """``[N]`` the time of the bar each step of a test walk over ``candles`` is marked at."""
+    venv = _test_venv(candles, env_config, 1, None)
+    return pd.DatetimeIndex(venv.market.index[venv.walk_start + 1 :])
+
+
+def _test_venv(
+    candles: pd.DataFrame | MarketArrays, env_config: EnvConfig, n_envs: int, seed: int | None
+) -> MarketReplayVecEnv:
+    """A test-mode vec env without ledger or numba threads (the replay kernel is serial:
+    spinning numba threads would take the cores the policy's torch ops run on)."""
+    config = env_config.replace(mode="test", record_ledger=False)
+    return MarketReplayVecEnv(candles, config, n_envs=n_envs, seed=seed, parallel=False)
+
+
+class ScheduledRun:
+    """K passes that hold target positions given chunk by chunk (baselines, random passes).
+
+    Each :meth:`step` call takes the next ``C`` steps' targets ``[K, C]`` (rounded to float32,
+    as actions are) and walks the env through them in one numba call.
+    """
+
+    def __init__(
+        self, candles: pd.DataFrame | MarketArrays, env_config: EnvConfig, n_passes: int, seed: int
+    ) -> None:
+        self.venv = _test_venv(candles, env_config, n_passes, seed)
+        self.venv.reset()
+        self.alive = np.ones(n_passes, dtype=bool)
+        self.n_steps = self.venv.market.n_bars - 1 - self.venv.walk_start
+        self.done = 0
+
+    def step(self, targets: np.ndarray) -> PassChunk:
+        """The next ``targets.shape[1]`` steps of every pass."""
+        actions = np.asarray(targets, dtype=np.float32).T.astype(np.float64)  # [C, K]
+        rewards, positions, costs, _ = self.venv.replay(actions, self.alive)
+        first, self.done = self.done, self.done + actions.shape[0]
+        nan = np.full(rewards.T.shape, np.nan, dtype=np.float32)
+        return PassChunk(first, positions.T.copy(), rewards.T.copy(), costs.T.copy(), nan, nan)
+
+    def walk(self, targets: np.ndarray, chunk: int = CHUNK) -> Iterator[PassChunk]:
+        """Every step with fixed targets ``[K, n_steps]``, or ``[K, 1]`` held throughout."""
+        while self.done < self.n_steps:
+            t1 = min(self.done + chunk, self.n_steps)
+            if targets.shape[1] == 1:
+                yield self.step(np.broadcast_to(targets, (targets.shape[0], t1 - self.done)))
+            else:
+                yield self.step(targets[:, self.done : t1])
+
+
+def iter_policy_passes(
+    policy: Any,
+    candles: pd.DataFrame | MarketArrays,
+    env_config: EnvConfig,
+    *,
+    n_passes: int,
+    deterministic: bool | np.ndarray,
+    seed: int,
+    fast: bool = True,
+    chunk: int = CHUNK,
+) -> Iterator[PassChunk]:
+    """:func:`run_policy_passes`, chunk by chunk of steps (same draws, same numbers).
+
+    The MLKV policy's encode-once path streams in chunks of ``chunk`` steps; a generic
+    policy (``predict``) and :class:`ScheduledActions` give their arrays too, the former in one
+    chunk at the end.
+    """
+    if isinstance(policy, ScheduledActions):
+        yield from ScheduledRun(candles, env_config, n_passes, seed).walk(policy.actions, chunk)
+        return
+    use_fast = fast and hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
+    mask = np.broadcast_to(np.asarray(deterministic, dtype=bool), (n_passes,)).copy()
+    if not use_fast:
+        yield _generic_passes(policy, candles, env_config, n_passes, mask, seed)
+        return
+    venv = _test_venv(candles, env_config, n_passes, seed)
+    account = venv.reset()["account"]
+    alive = np.ones(n_passes, dtype=bool)
+    n_steps = venv.market.n_bars - 1 - venv.walk_start
+    bar = venv.walk_start
+    actor = _actor(policy)
+    with torch.inference_mode():  # no autograd bookkeeping at all: ~10% of a small op
+        encoded = policy.encode_bars(venv.features)  # [n_bars, D]
+        mask_t = torch.as_tensor(mask, device=encoded.device)[:, None]
+        # a private generator seeded like torch.manual_seed(seed) seeds the global one: the
+        # same draws, and the caller's global RNG (CPU and CUDA) is never touched, even
+        # between the chunks this generator yields (issue 15)
+        generator = torch.Generator(device=encoded.device)
+        generator.manual_seed(seed)
+        for first in range(0, n_steps, chunk):
+            c = min(chunk, n_steps - first)
+            actions = np.empty((c, n_passes))
+            means = np.empty((c, n_passes), dtype=np.float32)
+            sigmas = np.empty((c, n_passes), dtype=np.float32)
+            rewards, positions, costs = np.empty((3, c, n_passes))
+            for j in range(c):
+                rows = encoded[bar + first + j].expand(n_passes, -1)  # [K, D]: one bar for all
+                mean, log_sigma = actor(rows, torch.from_numpy(account).to(encoded.device))
+                sigma = log_sigma.exp()
+                action = _draw(mean, sigma, mask, mask_t, generator).clamp(-1.0, 1.0)
+                actions[j] = action.cpu().numpy()[:, 0]
+                means[j] = mean.cpu().numpy()[:, 0]
+                sigmas[j] = sigma.cpu().numpy()[:, 0]
+                ended = not alive.all()
+                if ended:
+                    means[j][~alive] = np.nan
+                    sigmas[j][~alive] = np.nan
+                r, p, cost, account = venv.replay(actions[j : j + 1], alive, account=True)
+                rewards[j], positions[j], costs[j] = r[0], p[0], cost[0]
+            yield PassChunk(
+                first, positions.T.copy(), rewards.T.copy(), costs.T.copy(), means.T.copy(),
+                sigmas.T.copy(),
+            )
+
+
+def _actor(policy: Any) -> Any:
+    """The cheapest way to get ``(mean, log_sigma)`` from encoded rows and accounts."""
+    make = getattr(policy, "actor_function", None)
+    actor = make() if make is not None else None
+    if actor is not None:
+        return actor
+    if hasattr(policy, "actor_from_encoded"):
+        return policy.actor_from_encoded
+
+    def heads(rows: torch.Tensor, account: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_sigma, _ = policy.heads_from_encoded(rows, account)
+        return mean, log_sigma
+
+    return heads
+
+
+def _draw(
+    mean: torch.Tensor,
+    sigma: torch.Tensor,
+    mask: np.ndarray,
+    mask_t: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``mean + eps * sigma`` drawn exactly as SB3's ``DiagGaussianDistribution`` samples
+    (``Normal.rsample``: one ``normal_`` draw of the batch's shape), the masked rows'
+    means; no draw when every row is deterministic."""
+    if mask.all():
+        return mean
+    eps = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_(
+        generator=generator
+    )
+    action = mean + eps * sigma  # SB3's scale is ones_like(mean) * sigma: the same floats
+    if mask.any():
+        action = torch.where(mask_t, mean, action)
+    return action
+
+
 def run_policy_passes(
     policy: Any,
     candles: pd.DataFrame,
@@ -75,6 +246,31 @@ def run_policy_passes(
             is left as it was) and the env.
         fast: use the encode-once path when the policy supports it.
     """
+    chunks = list(
+        iter_policy_passes(
+            policy, candles, env_config, n_passes=n_passes, deterministic=deterministic,
+            seed=seed, fast=fast,
+        )
+    )
+    return PassResult(
+        walk_times(candles, env_config),
+        *(np.concatenate([getattr(c, name) for c in chunks], axis=1) for name in _COLUMNS),
+    )
+
+
+_COLUMNS = ("positions", "log_returns", "costs", "mean", "sigma")
+
+
+def _generic_passes(
+    policy: Any,
+    candles: pd.DataFrame | MarketArrays,
+    env_config: EnvConfig,
+    n_passes: int,
+    mask: np.ndarray,
+    seed: int,
+) -> PassChunk:
+    """The per-step path for any ``predict`` policy: every step's observation, one chunk,
+    sampled inside a forked, seeded copy of torch's RNG (the global state is left as it was)."""
     devices = _cuda_devices(policy)
     with torch.random.fork_rng(devices=devices):
         # seed only the forked generators (torch.manual_seed would also queue a seed for
@@ -82,7 +278,7 @@ def run_policy_passes(
         torch.random.default_generator.manual_seed(seed)
         for d in devices:
             torch.cuda.default_generators[d].manual_seed(seed)
-        return _run(policy, candles, env_config, n_passes, deterministic, seed, fast)
+        return _generic_chunk(policy, candles, env_config, n_passes, mask, seed)
 
 
 def _cuda_devices(policy: Any) -> list[int]:
@@ -93,51 +289,36 @@ def _cuda_devices(policy: Any) -> list[int]:
     return sorted({p.device.index or 0 for p in params() if p.device.type == "cuda"})
 
 
-def _run(
+def _generic_chunk(
     policy: Any,
-    candles: pd.DataFrame,
+    candles: pd.DataFrame | MarketArrays,
     env_config: EnvConfig,
     n_passes: int,
-    deterministic: bool | np.ndarray,
+    mask: np.ndarray,
     seed: int,
-    fast: bool,
-) -> PassResult:
-    """:func:`run_policy_passes` inside its forked, seeded RNG."""
+) -> PassChunk:
+    """:func:`_generic_passes` inside its forked, seeded RNG."""
     venv = MarketReplayVecEnv(candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed)
-    use_fast = fast and hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
-    nan = np.full((n_passes, 1), np.nan, dtype=np.float32)
-    mask = np.broadcast_to(np.asarray(deterministic, dtype=bool), (n_passes,)).copy()
-    means: list[np.ndarray] = []
-    sigmas: list[np.ndarray] = []
     finished = np.zeros(n_passes, dtype=bool)
     obs = venv.reset()
     with torch.no_grad():
-        encoded = policy.encode_bars(venv.features) if use_fast else None
         while not finished.all():
-            if use_fast:
-                action, mean, sigma = _fast_actions(policy, encoded, venv.bar_index, obs, mask)
-            else:
-                action = _predict(policy, obs, mask)
-                mean = sigma = nan
+            action = _predict(policy, obs, mask)
             obs, _, dones, _ = venv.step(np.asarray(action, dtype=np.float32).reshape(-1, 1))
             finished |= dones
-            means.append(mean[:, 0])
-            sigmas.append(sigma[:, 0])
     ledger = venv.ledger_arrays(completed=True)
     valid = ledger["bar"] >= 0  # [K, N]; False only after a ruined pass ended early
     equity_before = np.concatenate(
         [np.full((n_passes, 1), env_config.initial_equity), ledger["equity"][:, :-1]], axis=1
     )
-    costs = np.where(valid, ledger["costs"] / equity_before, 0.0)
-    n = valid.shape[1]
-    bars = ledger["bar"][np.argmax(valid.sum(axis=1))]  # a pass that ran to the end
-    return PassResult(
-        times=pd.DatetimeIndex(candles.index[bars]),
-        positions=np.where(valid, ledger["position"], 0.0),
-        log_returns=np.where(valid, ledger["reward"], 0.0),
-        costs=costs,
-        mean=np.where(valid, np.stack(means, axis=1)[:, :n], np.nan),
-        sigma=np.where(valid, np.stack(sigmas, axis=1)[:, :n], np.nan),
+    nan = np.full(valid.shape, np.nan, dtype=np.float32)
+    return PassChunk(
+        0,
+        np.where(valid, ledger["position"], 0.0),
+        np.where(valid, ledger["reward"], 0.0),
+        np.where(valid, ledger["costs"] / equity_before, 0.0),
+        nan,
+        nan,
     )
 
 
@@ -168,18 +349,3 @@ def _predict(policy: Any, obs: dict, mask: np.ndarray) -> np.ndarray:
         subset = {key: value[mask] for key, value in obs.items()}
         action[mask] = policy.predict(subset, deterministic=True)[0]
     return action
-
-
-def _fast_actions(
-    policy: Any, encoded: torch.Tensor, bar_index: np.ndarray, obs: dict, mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Actions from pre-encoded bars, drawn exactly as SB3's ``predict`` draws them."""
-    account = torch.as_tensor(obs["account"], device=encoded.device)
-    rows = encoded[torch.as_tensor(bar_index, device=encoded.device)]  # [K, D]
-    mean, log_sigma, _ = policy.heads_from_encoded(rows, account)  # [K, act] each
-    distribution = policy.action_dist.proba_distribution(mean, log_sigma)
-    action = distribution.get_actions(deterministic=bool(mask.all()))
-    if mask.any() and not mask.all():  # the same draws as _predict, then the means
-        action = torch.where(torch.as_tensor(mask, device=mean.device)[:, None], mean, action)
-    action = action.clamp(-1.0, 1.0)
-    return action.cpu().numpy(), mean.cpu().numpy(), log_sigma.exp().cpu().numpy()

@@ -75,11 +75,14 @@ __all__ = [
     "SeedResult",
     "Verdict",
     "VerdictConfig",
+    "VerdictInputs",
     "brown_forsythe_one_sided",
     "hochberg_reject",
     "judge",
+    "judge_inputs",
     "naive_pass_ttest",
     "relabel",
+    "window_totals",
 ]
 
 LEARNED = "LEARNED"
@@ -359,19 +362,24 @@ def brown_forsythe_one_sided(
     return t, sps.t.sf(t, df)
 
 
+def window_totals(returns: NDArray[np.float64], n_windows: int) -> NDArray[np.float64]:
+    """Pass totals per contiguous dispersion window: ``[..., n_bars] -> [..., n_windows]``."""
+    n_bars = returns.shape[-1]
+    starts = np.array([w[0] for w in np.array_split(np.arange(n_bars), n_windows)])
+    return np.add.reduceat(returns, starts, axis=-1)
+
+
 def _dispersion(
-    pr: NDArray[np.float64], rr: NDArray[np.float64], n_windows: int
+    x_tot: NDArray[np.float64], y_tot: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Dispersion ratio and BF z-score per seed and window, both ``[n_seeds, n_windows]``.
 
-    Windows where the K policy pass totals are identical (a deterministic policy, e.g.
-    always flat) get ``rho = 0`` and the largest z: no policy is more decisive. Windows where
-    only the random passes are identical get ``rho = inf`` and the smallest z.
+    ``x_tot [S, K, W]`` and ``y_tot [S, K_r, W]`` are the policy's and the random passes'
+    totals per window (:func:`window_totals`). Windows where the K policy pass totals are
+    identical (a deterministic policy, e.g. always flat) get ``rho = 0`` and the largest z:
+    no policy is more decisive. Windows where only the random passes are identical get
+    ``rho = inf`` and the smallest z.
     """
-    n_bars = pr.shape[2]
-    starts = np.array([w[0] for w in np.array_split(np.arange(n_bars), n_windows)])
-    x_tot = np.add.reduceat(pr, starts, axis=2)  # [S, K, W] pass totals per window
-    y_tot = np.add.reduceat(rr, starts, axis=2)  # [S, K_r, W]
     sd_x = np.std(x_tot, axis=1, ddof=1)  # [S, W]
     sd_y = np.std(y_tot, axis=1, ddof=1)
     scale = np.maximum(1.0, np.maximum(np.abs(x_tot).max(axis=1), np.abs(y_tot).max(axis=1)))
@@ -520,12 +528,99 @@ def judge(
     pr, rr, m, pos = _validate(
         policy_returns, random_returns, market_returns, policy_positions, cfg
     )
-    n_seeds, k, n_bars = pr.shape
-    k_r = rr.shape[1]
+    return judge_inputs(
+        VerdictInputs.from_arrays(pr, rr, m, pos, cfg.n_windows), cfg, period=period, sample=smp
+    )
+
+
+@dataclass(frozen=True)
+class VerdictInputs:
+    """All :func:`judge` uses of the passes: window totals and pass-averaged paths.
+
+    O(n_seeds * K * n_windows + n_seeds * n_bars) numbers, which a streaming backtest
+    accumulates without keeping ``[n_seeds, K, n_bars]`` arrays
+    (:mod:`evaluation.streaming`).
+    """
+
+    policy_window_totals: NDArray[np.float64]  # [n_seeds, K, n_windows] pass totals per window
+    random_window_totals: NDArray[np.float64]  # [n_seeds, K_r, n_windows] same, random passes
+    policy_mean_returns: NDArray[np.float64]  # [n_seeds, n_bars] pass-averaged log return
+    policy_mean_positions: NDArray[np.float64]  # [n_seeds, n_bars] pass-averaged position
+    policy_totals: NDArray[np.float64]  # [n_seeds, K] total log return of each pass
+    market_returns: NDArray[np.float64]  # [n_bars] buy-and-hold net log return per bar
+
+    @classmethod
+    def from_arrays(
+        cls,
+        policy_returns: NDArray[np.float64],
+        random_returns: NDArray[np.float64],
+        market_returns: NDArray[np.float64],
+        policy_positions: NDArray[np.float64],
+        n_windows: int,
+    ) -> VerdictInputs:
+        """The inputs from :func:`judge`'s full arrays (shapes as there)."""
+        return cls(
+            window_totals(policy_returns, n_windows),
+            window_totals(random_returns, n_windows),
+            policy_returns.mean(axis=1),
+            policy_positions.mean(axis=1),
+            policy_returns.sum(axis=2),
+            market_returns,
+        )
+
+
+def judge_inputs(
+    inputs: VerdictInputs,
+    config: VerdictConfig | None = None,
+    *,
+    period: int = 1,
+    sample: Sample | None = None,
+) -> Verdict:
+    """:func:`judge` from its reduced inputs (what a streaming backtest accumulates).
+
+    ``period`` and ``sample`` as in :func:`judge`.
+
+    Raises:
+        ValueError: mismatched shapes, K or K_r < 2, non-finite values, windows that do not
+            match ``config.n_windows``, fewer than ``10 * n_windows`` bars, or a ``period``
+            outside ``[1, n_bars // 2]``.
+    """
+    cfg = config if config is not None else VerdictConfig()
+    smp = sample if sample is not None else Sample()
+    x_tot = _as_array(inputs.policy_window_totals, "policy_window_totals", 3, "[S, K, W]")
+    y_tot = _as_array(inputs.random_window_totals, "random_window_totals", 3, "[S, K_r, W]")
+    mean_r = _as_array(inputs.policy_mean_returns, "policy_mean_returns", 2, "[S, n_bars]")
+    mean_p = _as_array(inputs.policy_mean_positions, "policy_mean_positions", 2, "[S, n_bars]")
+    totals = _as_array(inputs.policy_totals, "policy_totals", 2, "[S, K]")
+    m = _as_array(inputs.market_returns, "market_returns", 1, "[n_bars]")
+    n_seeds, k, n_windows = x_tot.shape
+    n_bars = m.size
+    if n_windows != cfg.n_windows or y_tot.shape[2] != n_windows:
+        raise ValueError(
+            f"window totals have {n_windows} and {y_tot.shape[2]} windows; the config asks for "
+            f"n_windows = {cfg.n_windows}."
+        )
+    if k < 2 or y_tot.shape[1] < 2:
+        raise ValueError(f"need K >= 2 and K_r >= 2 passes; got {k} and {y_tot.shape[1]}.")
+    if (
+        y_tot.shape[0] != n_seeds
+        or mean_r.shape != (n_seeds, n_bars)
+        or mean_p.shape != (n_seeds, n_bars)
+        or totals.shape != (n_seeds, k)
+    ):
+        raise ValueError(
+            f"verdict inputs disagree on n_seeds = {n_seeds}, K = {k}, n_bars = {n_bars}."
+        )
+    if n_bars < MIN_BARS_PER_WINDOW * cfg.n_windows:
+        raise ValueError(
+            f"too few bars: n_bars = {n_bars}, but n_windows = {cfg.n_windows} needs at least "
+            f"{MIN_BARS_PER_WINDOW * cfg.n_windows}."
+        )
+    k_r = y_tot.shape[1]
     rng = np.random.default_rng(cfg.seed)
 
     # 1. consistency ------------------------------------------------------------------
-    rho_sw, z_sw = _dispersion(pr, rr, cfg.n_windows)  # [S, W]
+    rho_sw, z_sw = _dispersion(x_tot, y_tot)  # [S, W]
     seed_z = z_sw.sum(axis=1) / math.sqrt(cfg.n_windows)
     seed_cons_p = sps.norm.sf(seed_z)
     pooled_z = float(z_sw.sum() / math.sqrt(z_sw.size))
@@ -534,7 +629,7 @@ def judge(
     rho = float(np.median(rho_sw))
 
     # 2. edge vs buy-and-hold: pooled row first, then one row per seed -----------------
-    seed_excess = pr.mean(axis=1) - m  # [S, n_bars] pass-averaged excess per seed
+    seed_excess = mean_r - m  # [S, n_bars] pass-averaged excess per seed
     block = default_block_length(n_bars) if cfg.block_length is None else float(cfg.block_length)
     seed_boot = block_bootstrap_means(
         seed_excess, n_boot=cfg.n_boot, block_length=block, method=cfg.bootstrap, rng=rng
@@ -546,7 +641,7 @@ def judge(
     excess_total = excess_mean * n_bars
 
     # 3. edge vs random timing ---------------------------------------------------------
-    seed_mean_pos = pos.mean(axis=1)  # [S, n_bars]
+    seed_mean_pos = mean_p  # [S, n_bars]
     paths = np.concatenate([seed_mean_pos.mean(axis=0, keepdims=True), seed_mean_pos])
     t0, null_mean, null_sd, timing_p = _circular_timing(paths, m, period)
     timing_edge = t0 - null_mean
@@ -573,7 +668,7 @@ def judge(
             rho_windows=tuple(float(v) for v in rho_sw[s]),
             consistency_z=float(seed_z[s]),
             consistency_p=float(seed_cons_p[s]),
-            mean_pass_return=float(pr[s].sum(axis=1).mean()),
+            mean_pass_return=float(totals[s].mean()),
             excess_total=float(excess_total[1 + s]),
             excess_p=float(excess_p[1 + s]),
             timing_edge=float(timing_edge[1 + s]),

@@ -44,6 +44,11 @@ class BacktestRequest:
     """Seed of the sampled actions and the random passes."""
     out: Path | None = None
     """Output folder (None: the run directory, or the runs' common parent)."""
+    keep_ledgers: bool = False
+    """Also keep every pass's per-bar arrays and write them to ``ledgers.npz`` (memory and
+    disk ~50 bytes x passes x bars; off: only streaming statistics are kept)."""
+    pass_groups: int = 1
+    """On a backend, split each run into this many tasks by passes (a very long test period)."""
     configs_tried: int = 1
     """Configurations tried before these runs (a search): multiplies the DSR's trials."""
     bars_per_year: float | None = None
@@ -56,6 +61,10 @@ class BacktestRequest:
         if self.passes < 2:
             raise ValueError(
                 f"--passes must be >= 2 (the verdict compares passes), got {self.passes}."
+            )
+        if not 1 <= self.pass_groups <= self.passes:
+            raise ValueError(
+                f"--pass-groups must be in [1, --passes={self.passes}], got {self.pass_groups}."
             )
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}.")
@@ -172,6 +181,8 @@ def backtest_runs(
             prefer=request.checkpoint,
             attempts=attempts,
             show_progress=show_progress,
+            pass_groups=request.pass_groups,
+            keep_ledgers=request.keep_ledgers,
             sample=sample,
             bars_per_year=bars_per_year,
         )
@@ -188,7 +199,10 @@ def backtest_runs(
     )
     if backend is not None:
         summary["settings"]["failed_runs"] = {str(k): v for k, v in failed.items()}
-    json_path, report_path = publish(summary, request.out or default_out(list(request.runs)))
+    out = request.out or default_out(list(request.runs))
+    json_path, report_path = publish(summary, out)
+    if request.keep_ledgers:
+        console.print(f"ledgers: {escape(str(write_ledgers(result, out / 'ledgers.npz')))}")
     print_summary(summary, json_path, report_path)
     if failed:
         console.print(
@@ -221,9 +235,39 @@ def _in_process(
             seed=request.seed,
             names=names,
             on_policy_done=lambda i, n: status.update(f"run {i + 1}/{len(names)} done: {n}"),
+            keep_ledgers=request.keep_ledgers,
             sample=sample,
             bars_per_year=bars_per_year,
         )
+
+
+def write_ledgers(result: BacktestResult, path: Path) -> Path:
+    """Every kept per-bar array of a backtest (``keep_ledgers``) into one ``.npz`` file.
+
+    Keys ``<group>/<field>``: groups ``seed<i>/stochastic``, ``seed<i>/deterministic``,
+    ``seed<i>/random``, ``buy_and_hold``, ``flat``; fields ``positions``, ``log_returns``,
+    ``costs``, ``mean``, ``sigma`` (``[passes, bars]``), plus ``times`` (ISO strings).
+    """
+    groups = {"buy_and_hold": result.buy_and_hold, "flat": result.flat}
+    for i, s in enumerate(result.seeds):
+        groups.update(
+            {
+                f"seed{i}/stochastic": s.stochastic,
+                f"seed{i}/deterministic": s.deterministic,
+                f"seed{i}/random": s.random,
+            }
+        )
+    arrays: dict[str, np.ndarray] = {
+        "times": np.array([t.isoformat() for t in result.times], dtype=str)
+    }
+    for name, group in groups.items():
+        if group.ledgers is None:
+            raise ValueError(f"{name}: the backtest did not keep ledgers (keep_ledgers=False).")
+        for field_name in ("positions", "log_returns", "costs", "mean", "sigma"):
+            arrays[f"{name}/{field_name}"] = getattr(group.ledgers, field_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
 
 
 def print_summary(

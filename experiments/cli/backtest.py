@@ -15,6 +15,8 @@ _EXAMPLE = """examples:
   mlkv-trader backtest RUN_DIR --data prices.csv --passes 50 --out reports/
   mlkv-trader backtest runs/ar1_ppo/sweep-20261123-101500 --seeds 0-4 --backend local
   mlkv-trader backtest runs/ar1_ppo/sweep-20261123-101500 --backend ray --ray-address auto
+  mlkv-trader backtest RUN_DIR --data eurusd_m1_2023.csv --passes 100 --keep-ledgers
+  mlkv-trader backtest runs/m1/*/ --backend local --workers 4 --pass-groups 4
 """
 
 
@@ -73,6 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="output folder (default: the run directory, or the runs' common parent)",
     )
+    p.add_argument(
+        "--keep-ledgers",
+        action="store_true",
+        help="also keep every pass's per-bar arrays and write ledgers.npz (memory ~50 bytes x "
+        "passes x bars; by default only streaming statistics are kept)",
+    )
+    p.add_argument(
+        "--pass-groups",
+        type=int,
+        default=1,
+        metavar="G",
+        help="with a backend: split each run into G tasks by passes (very long test periods)",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not draw per-run progress")
     p.add_argument(
         "--seeds",
@@ -100,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         seed=args.seed,
         out=args.out,
+        keep_ledgers=args.keep_ledgers,
+        pass_groups=args.pass_groups,
         configs_tried=args.configs_tried,
         bars_per_year=args.bars_per_year,
     )

@@ -3,14 +3,23 @@
 Run ``i`` is :func:`evaluation.policy_passes` with index ``i`` in a worker, and the driver
 joins them with :func:`evaluation.combine`, so every pass, the random baseline and the
 verdict equal those of :func:`experiments.backtesting.backtest_runs` in one process.
+
+A run that is too long for one task splits further by pass groups (``pass_groups``): task
+``(i, g)`` keeps passes ``g*K/G .. (g+1)*K/G - 1`` of run ``i`` and their random passes
+(:func:`evaluation.policy_passes` ``pass_slice``); every task still steps the policy for
+all K passes, so its draws and passes are exactly the in-process ones, and
+:func:`evaluation.backtest.merge_pass_groups` joins the groups (per-bar pass averages agree
+to float rounding, every other number exactly).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from rich.markup import escape
 
 from experiments.sweeps.backends import Backend, Outcome, TaskListener, run_tasks
@@ -30,11 +39,14 @@ def backtest_run(
     passes: int,
     seed: int,
     index: int,
+    pass_slice: tuple[int, int] | None = None,
+    keep_ledgers: bool = False,
 ) -> SeedPasses:
     """Backtest one run in a worker: its K stochastic passes, deterministic and random passes.
 
     The bars and env come from the ``reference`` run (the first of the set), and the passes
     are seeded by ``(seed, index)``, exactly as in the single-process backtest.
+    ``pass_slice = (lo, hi)`` keeps only passes ``lo .. hi - 1`` (a pass group).
     """
     from evaluation import policy_passes
     from experiments.runs import load_policy
@@ -49,7 +61,21 @@ def backtest_run(
         env_config=config.env,
         seed=seed,
         name=name,
+        pass_slice=None if pass_slice is None else slice(*pass_slice),
+        keep_ledgers=keep_ledgers,
     )
+
+
+def pass_group_slices(passes: int, groups: int) -> list[tuple[int, int]]:
+    """``groups`` contiguous ``(lo, hi)`` ranges covering passes ``0 .. passes - 1``.
+
+    Raises:
+        ValueError: fewer than 1 group, or more groups than passes.
+    """
+    if int(groups) != groups or not 1 <= groups <= passes:
+        raise ValueError(f"pass groups must be an integer in [1, passes={passes}], got {groups}.")
+    edges = np.linspace(0, passes, int(groups) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def _reference_bars(reference: str | Path, data: str | None, split: str) -> tuple[Any, Any]:
@@ -85,6 +111,11 @@ class _BacktestListener(TaskListener):
             )
 
 
+def _run(key: Hashable) -> int:
+    """The run index of a task key: ``i`` or ``(i, group)``."""
+    return key[0] if isinstance(key, tuple) else key  # type: ignore[index,return-value]
+
+
 def backtest_on(
     runs: list[Path],
     backend: Backend,
@@ -96,37 +127,51 @@ def backtest_on(
     prefer: str = "best",
     attempts: int = 2,
     show_progress: bool = True,
+    pass_groups: int = 1,
+    keep_ledgers: bool = False,
     sample: Any = None,
     bars_per_year: float | None = None,
 ) -> tuple[BacktestResult | None, dict[Path, str]]:
     """Backtest runs as one task each on ``backend``, then judge them together.
 
     See the module docstring: the result equals the single-process backtest's.
+    ``pass_groups > 1`` splits each run into that many tasks by passes.
 
     Returns:
         The combined result over the runs that succeeded (None if none did), and the failed
         runs with their errors.
     """
-    labels = {i: str(r) for i, r in enumerate(runs)}
+    slices = pass_group_slices(passes, pass_groups)
+    grouped = len(slices) > 1
+    keys = [(i, g) if grouped else i for i in range(len(runs)) for g in range(len(slices))]
+    labels = {
+        key: str(runs[key[0]]) + (f" passes {slices[key[1]][0]}-{slices[key[1]][1] - 1}")
+        if grouped
+        else str(runs[key])
+        for key in keys
+    }
     tasks = {
-        i: (
+        key: (
             backtest_run,
             (
-                str(r.resolve()),
-                str(r),
+                str(runs[_run(key)].resolve()),
+                str(runs[_run(key)]),
                 str(runs[0].resolve()),
                 data,
                 split,
                 prefer,
                 passes,
                 seed,
-                i,
+                _run(key),
+                slices[key[1]] if grouped else None,
+                keep_ledgers,
             ),
         )
-        for i, r in enumerate(runs)
+        for key in keys
     }
     board = SeedBoard(
-        {i: r.name for i, r in enumerate(runs)},  # notes name the whole path
+        {key: runs[_run(key)].name + (f" [{key[1] + 1}/{len(slices)}]" if grouped else "")
+         for key in keys},  # notes name the whole path
         None,
         enabled=show_progress,
         title=f"backtest on {backend.name} ({backend.slots} at once)",
@@ -135,16 +180,24 @@ def backtest_on(
         outcomes = run_tasks(
             tasks, backend, attempts=attempts, listener=_BacktestListener(board, labels, attempts)
         )
-    failed = {runs[i]: o.error or "" for i, o in outcomes.items() if not o.ok}
-    parts = [outcomes[i].value for i in sorted(outcomes) if outcomes[i].ok]
+    failed = {runs[_run(k)]: o.error or "" for k, o in outcomes.items() if not o.ok}
+    from evaluation import combine
+    from evaluation.backtest import merge_pass_groups
+
+    parts = [
+        merge_pass_groups([outcomes[(i, g)].value for g in range(len(slices))])
+        if grouped
+        else outcomes[i].value
+        for i in range(len(runs))
+        if runs[i] not in failed
+    ]
     if not parts:
         return None, failed
-    from evaluation import combine
 
     config, candles = _reference_bars(runs[0], data, split)
     result = combine(
-        parts, candles, env_config=config.env, seed=seed, sample=sample,
-        bars_per_year=bars_per_year,
+        parts, candles, env_config=config.env, seed=seed, keep_ledgers=keep_ledgers,
+        sample=sample, bars_per_year=bars_per_year,
     )
     result.settings["backend"] = backend.name
     return result, failed

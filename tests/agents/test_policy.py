@@ -156,6 +156,35 @@ def test_heads_from_encoded_match_the_window_path(dict_space, tiny_encoder, shar
     assert value.shape == (len(bars),)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("activation", [th.nn.Tanh, th.nn.ReLU])
+def test_actor_function_equals_actor_from_encoded_bit_for_bit(
+    dict_space, tiny_encoder, shared, activation
+) -> None:
+    """The backtest's functional actor: the same floats as the module path and the heads."""
+    policy = make_policy(dict_space(T=8), tiny_encoder, share_features_extractor=shared,
+                         activation_fn=activation)
+    feats = random_features(50, 3, seed=2)
+    account = th.randn(43, 2)
+    with th.no_grad():
+        rows = policy.encode_bars(feats)[7:]
+        actor = policy.actor_function()
+        assert actor is not None
+        mean, log_sigma = actor(rows, account)
+        ref_mean, ref_log_sigma = policy.actor_from_encoded(rows, account)
+        head_mean, head_log_sigma, _ = policy.heads_from_encoded(rows, account)
+    assert th.equal(mean, ref_mean) and th.equal(log_sigma, ref_log_sigma)
+    assert th.equal(mean, head_mean) and th.equal(log_sigma, head_log_sigma)
+    with th.no_grad():  # sharp: other weights, other outputs
+        policy.action_net.bias.add_(1.0)
+        assert not th.equal(policy.actor_function()(rows, account)[0], mean)
+
+
+def test_actor_function_declines_layers_it_does_not_know(dict_space, tiny_encoder) -> None:
+    policy = make_policy(dict_space(T=8), tiny_encoder, activation_fn=th.nn.SiLU)
+    assert policy.actor_function() is None
+
+
 def test_transformer_keeps_its_own_init_under_ortho_init(dict_space, tiny_encoder) -> None:
     policy = make_policy(dict_space(), tiny_encoder, ortho_init=True)
     w = policy.features_extractor.encoder.inp.weight

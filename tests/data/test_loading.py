@@ -166,3 +166,35 @@ def test_find_defects_lists_every_kind(tmp_path: Path) -> None:
     errors = find_defects(write(tmp_path, rows))
     assert [(e.row, e.column) for e in errors] == [(3, "High"), (5, "Volume")]
     assert find_defects(write(tmp_path, GOOD)) == []
+
+
+def test_parsed_numeric_columns_equal_the_text_path(tmp_path: Path) -> None:
+    """A clean file's columns come from pandas' number parser; the values must be exactly
+    what parsing the same text entry by entry gives (a DataFrame of strings takes that path)."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    close = 1.0 + np.cumsum(rng.normal(0, 1e-3, n))
+    rows = [
+        f"{pd.Timestamp('2020-01-01') + pd.Timedelta(hours=i)},{float(o)!r},"
+        f"{max(o, c) + 1e-4:.17g},{min(o, c) - 3e-5:.9f},{float(c)!r},{int(v)}"
+        for i, (o, c, v) in enumerate(
+            zip(np.r_[1.0, close[:-1]], close, rng.integers(1, 1000, n), strict=True)
+        )
+    ]
+    parsed = load_candles(write(tmp_path, rows))
+    text = pd.read_csv(tmp_path / "c.csv", dtype=str, keep_default_na=False)
+    assert not any(pd.api.types.is_numeric_dtype(d) for d in text.dtypes)  # all text
+    from_text = load_candles(text)
+    np.testing.assert_array_equal(parsed.to_numpy(), from_text.to_numpy())
+    assert parsed.index.equals(from_text.index)
+
+
+@pytest.mark.parametrize("bad, shown", [("inf", "'inf'"), ("-inf", "'-inf'")])
+def test_non_finite_number_in_a_parsed_column_names_row_and_column(
+    tmp_path: Path, bad: str, shown: str
+) -> None:
+    rows = with_row(2, f"2020-01-01 02:00:00,1.2,1.25,1.1,{bad},90")
+    with pytest.raises(CandleDataError) as info:
+        load_candles(write(tmp_path, rows))
+    assert info.value.row == 4 and info.value.column == "Close"
+    assert f"close is {shown}" in str(info.value)

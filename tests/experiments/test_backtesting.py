@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from experiments.backtesting import BacktestRequest, count_trials, sample_of
+from data import synthetic
+from envs import EnvConfig
+from evaluation import backtest
+from experiments.backtesting import BacktestRequest, count_trials, sample_of, write_ledgers
 from experiments.cli import main
 
 
@@ -58,6 +63,37 @@ def test_compare_bad_file_is_refused(tmp_path, capsys) -> None:
 def test_bad_request_is_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         BacktestRequest(**{"runs": (Path("r"),), **kwargs})
+
+
+def test_pass_groups_must_fit_the_passes() -> None:
+    with pytest.raises(ValueError, match="--pass-groups must be in"):
+        BacktestRequest(runs=(Path("r"),), passes=3, pass_groups=4)
+    assert BacktestRequest(runs=(Path("r"),), passes=3, pass_groups=3).pass_groups == 3
+
+
+class _Coin:
+    """A generic ``predict`` policy: a random position each step (from torch's seeded RNG)."""
+
+    def predict(self, obs: dict, deterministic: bool = True) -> tuple[np.ndarray, None]:
+        n = len(obs["account"])
+        return (np.zeros((n, 1)) if deterministic else torch.rand(n, 1).numpy() * 2 - 1), None
+
+
+def test_kept_ledgers_are_written_and_match_the_summary(tmp_path: Path) -> None:
+    candles = synthetic.gbm(120, seed=4)
+    env = EnvConfig(window=16)
+    result = backtest([_Coin(), _Coin()], candles, passes=3, env_config=env, seed=0,
+                      keep_ledgers=True)
+    path = write_ledgers(result, tmp_path / "ledgers.npz")
+    with np.load(path) as saved:
+        assert saved["seed1/stochastic/log_returns"].shape == (3, result.settings["n_bars"])
+        assert len(saved["times"]) == result.settings["n_bars"]
+        np.testing.assert_allclose(saved["seed1/stochastic/log_returns"].sum(axis=1),
+                                   result.seeds[1].stochastic.totals)
+        assert np.all(saved["flat/positions"] == 0.0)
+    lean = backtest([_Coin(), _Coin()], candles, passes=3, env_config=env, seed=0)
+    with pytest.raises(ValueError, match="did not keep ledgers"):
+        write_ledgers(lean, tmp_path / "none.npz")
 
 
 def _run(root: Path, name: str, evaluated: int | None) -> Path:

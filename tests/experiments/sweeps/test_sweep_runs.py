@@ -132,6 +132,24 @@ def test_backtest_backend_matches_in_process_policy_passes(local_sweep: Path,
     assert docs["local"]["settings"]["backend"] == "local"
 
 
+def test_backtest_split_by_pass_groups_matches_in_process(local_sweep: Path,
+                                                          tmp_path: Path) -> None:
+    """Each run split into 2 tasks by passes: every pass as in one process, same verdict."""
+    docs = {}
+    for name, extra in (("inproc", []),
+                        ("groups", ["--backend", "local", "--workers", "2", "--pass-groups", "2"])):
+        out = tmp_path / name
+        assert main(["backtest", str(local_sweep), "--passes", "3", "--out", str(out),
+                     "--no-progress", *extra]) == 0
+        docs[name] = json.loads((out / "backtest.json").read_text())
+    a, b = docs["groups"], docs["inproc"]
+    assert a["pass_totals"] == b["pass_totals"]  # every pass, random ones too
+    assert a["verdict"]["label"] == b["verdict"]["label"]
+    # per-bar pass averages are joined from the groups: equal up to float rounding
+    for key in ("rho", "consistency_p", "excess_total", "excess_p", "timing_stat", "timing_p"):
+        assert a["verdict"][key] == pytest.approx(b["verdict"][key], rel=1e-9, abs=1e-12)
+
+
 def copy_sweep(local_sweep: Path, tmp_path: Path) -> Sweep:
     shutil.copytree(local_sweep, tmp_path / "sweep")
     return Sweep.open(tmp_path / "sweep")
