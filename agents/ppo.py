@@ -46,7 +46,19 @@ from .buffers import BarRolloutBuffer
 from .extractor import ACCOUNT_KEY, encoder_spec
 from .policy import MLKVActorCriticPolicy
 
-__all__ = ["MLKVPPO", "PlainPathWarning"]
+__all__ = ["MLKVPPO", "PlainPathWarning", "normalize_rollout_advantages"]
+
+
+def normalize_rollout_advantages(advantages: np.ndarray) -> np.ndarray:
+    """``(A - mean) / (std + 1e-8)`` over every sample of the rollout (any shape).
+
+    SB3's per-minibatch formula (``th.std`` is the unbiased one: ``ddof=1``) applied once to
+    the whole rollout, in float64, returned in the input's dtype.
+    """
+    a = np.asarray(advantages, dtype=np.float64)
+    if a.size < 2:
+        return np.asarray(advantages)
+    return ((a - a.mean()) / (a.std(ddof=1) + 1e-8)).astype(np.asarray(advantages).dtype)
 
 
 class PlainPathWarning(UserWarning):
@@ -332,10 +344,24 @@ class MLKVPPO(PPO):
 
     # ------------------------------------------------------------------ updates
     def train(self) -> None:
-        """SB3's PPO update; with a bar buffer its minibatches follow ``fast_update``."""
+        """SB3's PPO update; with a bar buffer its minibatches follow ``fast_update``.
+
+        With the fast update, advantages are normalised once over the whole rollout
+        (:func:`normalize_rollout_advantages`) instead of per minibatch: a minibatch of
+        contiguous segments holds a few trajectories, whose advantages share a trend that
+        per-minibatch normalisation would remove.
+        """
         buffer = self.rollout_buffer
+        fast = isinstance(buffer, BarRolloutBuffer) and self.fast_update
         if isinstance(buffer, BarRolloutBuffer):
             buffer.segment_len = self.segment_len if self.fast_update else None
-        super().train()
+        normalize = self.normalize_advantage
+        if fast and normalize:
+            buffer.advantages = normalize_rollout_advantages(buffer.advantages)
+            self.normalize_advantage = False  # SB3's per-minibatch pass: already done
+        try:
+            super().train()
+        finally:
+            self.normalize_advantage = normalize
         if isinstance(self.policy, MLKVActorCriticPolicy) and self.policy.last_sigma_mean:
             self.logger.record("train/sigma_mean", self.policy.last_sigma_mean)
