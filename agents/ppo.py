@@ -14,10 +14,34 @@ F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
   come back in one packed copy (timeout bootstrap values once per rollout).
 * **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
   trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
-  reset). Each segment is encoded with exactly ``receptive_field - 1`` bars of context in
-  one batched ``encode_series`` pass under autograd, so a bar costs about ``1 +
-  (receptive_field - 1) / segment_len`` tokens per epoch instead of ``T``. Losses and
-  gradients equal those of the window path on the same minibatch.
+  reset). The minibatch's segments, each preceded by exactly ``receptive_field - 1`` bars
+  of context, are packed end to end into one series and encoded in one ``encode_series``
+  pass under autograd (:meth:`~agents.MLKVActorCriticPolicy.encode_packed`), so a bar
+  costs about ``1 + (receptive_field - 1) / segment_len`` tokens per epoch instead of
+  ``T``. Losses and gradients equal those of the window path on the same minibatch.
+
+**What differs from SB3's PPO** (fast update only; ``fast_update=False`` is SB3's update
+sample for sample):
+
+1. *Minibatch composition.* SB3 draws each minibatch uniformly from all ``n_steps *
+   n_envs`` samples. Here the rollout is cut into segments (per env, at most
+   ``segment_len`` consecutive steps, never across a reset), the segments of *all* envs
+   are shuffled together (numpy's global RNG, as SB3) and laid end to end, and
+   minibatches cut that sequence every ``batch_size`` samples. Every sample is still used
+   once per epoch and minibatch sizes are SB3's, but a minibatch holds
+   ``~batch_size / segment_len`` trajectory pieces instead of ``batch_size`` independent
+   samples: its gradient is noisier (samples within a segment are correlated). This is the
+   approximation that makes the update cheap; ``segment_len`` trades it against speed.
+2. *Advantage normalisation.* SB3 normalises advantages per minibatch; here they are
+   normalised once over the whole rollout (:func:`normalize_rollout_advantages`, the same
+   formula). With segment minibatches, per-minibatch statistics would come from a few
+   correlated trajectories and cancel their common trend (a minibatch whose segments all
+   did well would be pushed half up, half down).
+3. *Optimiser.* :class:`~agents.MLKVActorCriticPolicy` defaults to the fused Adam kernel
+   (``fused=True``; same update up to rounding), with SB3's ``eps=1e-5``.
+
+Everything else (clipped surrogate, value loss, entropy, grad-norm clipping, ``target_kl``
+early stop, logging) is SB3's ``PPO.train`` unchanged.
 
 With an env that lacks ``features``/``bar_index`` (or whose observations are not plain
 slices of ``features``, e.g. under ``VecNormalize``), it warns once and runs SB3's own
