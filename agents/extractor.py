@@ -237,6 +237,51 @@ class MLKVExtractor(BaseFeaturesExtractor):
         x = features[index]  # [S, ctx + L, F]
         return self.encoder.encode_series(x)[:, ctx:]  # [S, L, D]
 
+    def encode_packed(
+        self,
+        features: th.Tensor,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        context: int | None = None,
+    ) -> th.Tensor:
+        """Encode runs of consecutive bars packed end to end in one series: ``[M, D]``.
+
+        The same rows as :meth:`encode_spans` (up to float rounding), without its padding:
+        span ``s`` is laid out as its ``context`` bars then its ``lengths[s]`` bars, right
+        after span ``s - 1``, and the whole row is encoded in one ``encode_series`` pass.
+        A bar's encoding depends only on its last ``receptive_field`` bars, which with the
+        default context all belong to its own span, and rotary positions are relative, so
+        packing changes nothing but rounding. The cost is ``sum(lengths) + S * context``
+        tokens instead of ``S * (max(lengths) + context)``.
+
+        Args:
+            features: ``[n_bars, F]``.
+            starts: ``[S]`` int, first bar of each span (``>= context``).
+            lengths: ``[S]`` int, bars in each span (``>= 1``).
+            context: bars of context before each span; ``None`` = ``receptive_field - 1``.
+                Only tests should pass anything else.
+
+        Returns:
+            ``[M, D]``, ``M = lengths.sum()``: span 0's bars oldest first, then span 1's, ...
+        """
+        ctx = self.receptive_field - 1 if context is None else int(context)
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if starts.size and starts.min() < ctx:
+            raise ValueError(
+                f"encode_packed: bar {starts.min()} has fewer than {ctx} bars of context "
+                f"before it; observations must end at bar >= receptive_field - 1."
+            )
+        run = lengths + ctx  # [S] tokens per span
+        run_begin = np.cumsum(run) - run  # [S] first token of each span in the packed row
+        bars = np.repeat(starts - ctx - run_begin, run) + np.arange(int(run.sum()))  # [N]
+        keep = np.repeat(run_begin + ctx, lengths) + (
+            np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )  # [M] packed token of each sample
+        x = features[th.as_tensor(bars, device=features.device)]  # [N, F]
+        encoded = self.encoder.encode_series(x)  # [N, D]
+        return encoded[th.as_tensor(keep, device=features.device)]  # [M, D]
+
 
 def _check_observation_space(space: spaces.Space) -> tuple[spaces.Box, spaces.Box]:
     """The ``candles`` ``[T, F]`` and ``account`` ``[A]`` boxes of ``space``, or a clear error."""

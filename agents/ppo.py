@@ -14,10 +14,34 @@ F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
   come back in one packed copy (timeout bootstrap values once per rollout).
 * **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
   trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
-  reset). Each segment is encoded with exactly ``receptive_field - 1`` bars of context in
-  one batched ``encode_series`` pass under autograd, so a bar costs about ``1 +
-  (receptive_field - 1) / segment_len`` tokens per epoch instead of ``T``. Losses and
-  gradients equal those of the window path on the same minibatch.
+  reset). The minibatch's segments, each preceded by exactly ``receptive_field - 1`` bars
+  of context, are packed end to end into one series and encoded in one ``encode_series``
+  pass under autograd (:meth:`~agents.MLKVActorCriticPolicy.encode_packed`), so a bar
+  costs about ``1 + (receptive_field - 1) / segment_len`` tokens per epoch instead of
+  ``T``. Losses and gradients equal those of the window path on the same minibatch.
+
+**What differs from SB3's PPO** (fast update only; ``fast_update=False`` is SB3's update
+sample for sample):
+
+1. *Minibatch composition.* SB3 draws each minibatch uniformly from all ``n_steps *
+   n_envs`` samples. Here the rollout is cut into segments (per env, at most
+   ``segment_len`` consecutive steps, never across a reset), the segments of *all* envs
+   are shuffled together (numpy's global RNG, as SB3) and laid end to end, and
+   minibatches cut that sequence every ``batch_size`` samples. Every sample is still used
+   once per epoch and minibatch sizes are SB3's, but a minibatch holds
+   ``~batch_size / segment_len`` trajectory pieces instead of ``batch_size`` independent
+   samples: its gradient is noisier (samples within a segment are correlated). This is the
+   approximation that makes the update cheap; ``segment_len`` trades it against speed.
+2. *Advantage normalisation.* SB3 normalises advantages per minibatch; here they are
+   normalised once over the whole rollout (:func:`normalize_rollout_advantages`, the same
+   formula). With segment minibatches, per-minibatch statistics would come from a few
+   correlated trajectories and cancel their common trend (a minibatch whose segments all
+   did well would be pushed half up, half down).
+3. *Optimiser.* :class:`~agents.MLKVActorCriticPolicy` defaults to the fused Adam kernel
+   (``fused=True``; same update up to rounding), with SB3's ``eps=1e-5``.
+
+Everything else (clipped surrogate, value loss, entropy, grad-norm clipping, ``target_kl``
+early stop, logging) is SB3's ``PPO.train`` unchanged.
 
 With an env that lacks ``features``/``bar_index`` (or whose observations are not plain
 slices of ``features``, e.g. under ``VecNormalize``), it warns once and runs SB3's own
@@ -46,7 +70,19 @@ from .buffers import BarRolloutBuffer
 from .extractor import ACCOUNT_KEY, encoder_spec
 from .policy import MLKVActorCriticPolicy
 
-__all__ = ["MLKVPPO", "PlainPathWarning"]
+__all__ = ["MLKVPPO", "PlainPathWarning", "normalize_rollout_advantages"]
+
+
+def normalize_rollout_advantages(advantages: np.ndarray) -> np.ndarray:
+    """``(A - mean) / (std + 1e-8)`` over every sample of the rollout (any shape).
+
+    SB3's per-minibatch formula (``th.std`` is the unbiased one: ``ddof=1``) applied once to
+    the whole rollout, in float64, returned in the input's dtype.
+    """
+    a = np.asarray(advantages, dtype=np.float64)
+    if a.size < 2:
+        return np.asarray(advantages)
+    return ((a - a.mean()) / (a.std(ddof=1) + 1e-8)).astype(np.asarray(advantages).dtype)
 
 
 class PlainPathWarning(UserWarning):
@@ -332,10 +368,24 @@ class MLKVPPO(PPO):
 
     # ------------------------------------------------------------------ updates
     def train(self) -> None:
-        """SB3's PPO update; with a bar buffer its minibatches follow ``fast_update``."""
+        """SB3's PPO update; with a bar buffer its minibatches follow ``fast_update``.
+
+        With the fast update, advantages are normalised once over the whole rollout
+        (:func:`normalize_rollout_advantages`) instead of per minibatch: a minibatch of
+        contiguous segments holds a few trajectories, whose advantages share a trend that
+        per-minibatch normalisation would remove.
+        """
         buffer = self.rollout_buffer
+        fast = isinstance(buffer, BarRolloutBuffer) and self.fast_update
         if isinstance(buffer, BarRolloutBuffer):
             buffer.segment_len = self.segment_len if self.fast_update else None
-        super().train()
+        normalize = self.normalize_advantage
+        if fast and normalize:
+            buffer.advantages = normalize_rollout_advantages(buffer.advantages)
+            self.normalize_advantage = False  # SB3's per-minibatch pass: already done
+        try:
+            super().train()
+        finally:
+            self.normalize_advantage = normalize
         if isinstance(self.policy, MLKVActorCriticPolicy) and self.policy.last_sigma_mean:
             self.logger.record("train/sigma_mean", self.policy.last_sigma_mean)

@@ -92,6 +92,28 @@ def test_encode_spans_matches_windows_and_fails_without_context(dict_space, tiny
         ext.encode_spans(feats, np.array([3]), np.array([2]))
 
 
+
+def test_encode_packed_matches_encode_spans_and_fails_without_context(
+    dict_space, tiny_encoder
+) -> None:
+    """Spans packed end to end in one row give the padded per-span rows, and a context one
+    bar short does not (the packed neighbour would leak into the first bar of a span)."""
+    ext = MLKVExtractor(dict_space(T=8), encoder=tiny_encoder)
+    feats = th.as_tensor(random_features(60, 3))
+    starts, lengths = np.array([7, 30, 52, 20]), np.array([5, 9, 8, 1])
+    with th.no_grad():
+        spans = ext.encode_spans(feats, starts, lengths)  # [4, 9, D]
+        packed = ext.encode_packed(feats, starts, lengths)  # [23, D]
+        short = ext.encode_packed(feats, starts, lengths, context=ext.receptive_field - 2)
+    ref = th.cat([spans[s, :n] for s, n in enumerate(lengths)])  # [23, D]
+    assert packed.shape == ref.shape == (int(lengths.sum()), ext.encoding_dim)
+    assert_close(packed, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AssertionError):
+        assert_close(short, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="fewer than 6 bars of context"):
+        ext.encode_packed(feats, np.array([3]), np.array([2]))
+
+
 # ---------------------------------------------------------------------- policy heads
 def test_sigma_is_state_dependent_and_starts_at_log_std_init(dict_space, tiny_encoder) -> None:
     policy = make_policy(dict_space(), tiny_encoder, log_std_init=-1.0)

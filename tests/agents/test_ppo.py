@@ -24,6 +24,7 @@ from agents import (
     PlainPathWarning,
     SegmentObs,
 )
+from agents.ppo import normalize_rollout_advantages
 from data import synthetic
 from envs import EnvConfig, MarketReplayEnv, MarketReplayVecEnv
 from models import EncoderConfig, KVSharingPlan
@@ -196,6 +197,45 @@ def test_segment_training_epoch_equals_window_training_epoch(tiny_encoder) -> No
     assert moved > 1e-4
     for name in results[0]:
         assert_close(results[0][name], results[1][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+
+def test_rollout_advantage_normalization_matches_reference() -> None:
+    adv = np.random.default_rng(0).normal(3.0, 2.0, (40, 3)).astype(np.float32)
+    ref = th.as_tensor(adv).flatten()
+    ref = (ref - ref.mean()) / (ref.std() + 1e-8)  # SB3's formula, on the whole rollout
+    out = normalize_rollout_advantages(adv)
+    assert out.dtype == np.float32 and out.shape == adv.shape
+    assert_close(th.as_tensor(out).flatten(), ref, atol=1e-6, rtol=1e-5)
+    per_env = (adv - adv.mean(0)) / (adv.std(0, ddof=1) + 1e-8)  # a different normalisation
+    assert not np.allclose(out, per_env, atol=1e-3)
+
+
+@pytest.mark.parametrize("fast_update", [True, False])
+def test_fast_update_normalizes_advantages_over_the_rollout(tiny_encoder, fast_update) -> None:
+    """The fast update normalises advantages once per rollout, the plain one per minibatch
+    (as SB3); either way ``normalize_advantage`` is left as it was."""
+    model = one_rollout(make(MLKVPPO, venv(), tiny_encoder, fast_update=fast_update))
+    raw = model.rollout_buffer.advantages.copy()
+    model.train()
+    adv = model.rollout_buffer.advantages  # flattened by get(): [n_steps * n_envs, 1]
+    assert model.normalize_advantage is True
+    if fast_update:
+        expected = normalize_rollout_advantages(model.rollout_buffer.swap_and_flatten(raw))
+        assert_close(th.as_tensor(adv), th.as_tensor(expected))
+    else:
+        assert_close(th.as_tensor(adv), th.as_tensor(model.rollout_buffer.swap_and_flatten(raw)))
+
+
+def test_policy_optimizer_is_fused_adam_with_sb3_eps(tiny_encoder) -> None:
+    model = make(MLKVPPO, venv(), tiny_encoder)
+    defaults = model.policy.optimizer.defaults
+    assert defaults["fused"] is True and defaults["eps"] == 1e-5
+    given = MLKVPPO(
+        MLKVActorCriticPolicy, venv(), **PPO_KW,
+        policy_kwargs={"encoder": tiny_encoder, "optimizer_kwargs": {"foreach": False}},
+    ).policy.optimizer.defaults  # the user's choice wins, and SB3's eps is not added
+    assert not given["fused"] and given["foreach"] is False and given["eps"] == 1e-8
 
 
 def test_fast_rollout_with_sb3_minibatches_reproduces_sb3_ppo(tiny_encoder) -> None:
