@@ -25,6 +25,8 @@ import torch
 from experiments.checkpoint import load_checkpoint
 from experiments.sweeps.manifest import MANIFEST
 
+from .tiny import tiny_yaml
+
 pytestmark = pytest.mark.slow
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
@@ -33,22 +35,7 @@ ROUNDS = int(os.environ.get("MLKV_FAULT_ROUNDS", "1"))
 LIMIT = 300  # seconds any one process may take before the test gives up on it
 
 # 3 rollouts of 128 steps; checkpoints (every 192) and validations (every 128) out of step
-TINY_YAML = """\
-name: tiny
-n_envs: 2
-total_steps: 384
-eval_every: 128
-checkpoint_every: 192
-data: {source: "synthetic:ar1", n_bars: 1200, embargo: 16}
-env: {window: 16, episode_length: 48}
-model:
-  d_model: 16
-  window: 4
-  account_hidden: 8
-  net_arch: [16]
-  plan: {kind: mlkv, n_layers: 3, n_heads: 2, n_kv_heads: 1, n_kv_layers: 3}
-ppo: {n_steps: 64, batch_size: 32, n_epochs: 2}
-"""
+TINY_YAML = tiny_yaml(total_steps=384, checkpoint_every=192)
 
 #: fault -> passes through its point that any leg of a run makes (a kill draws one): a leg
 #: starts at step 0 or at the checkpoint of step 256, so it makes at least one rollout of 64

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from experiments.studies.bench.encoder_bench import GpuBaseline
+from experiments.studies.bench.encoder_bench import GpuBaseline, cuda_time
 from models import EncoderConfig, KVSharingPlan, MLKVEncoder, StreamingEncoder
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -95,20 +95,6 @@ class Row:
 def timer(device: str) -> Callable[[Callable[[], object], int], float]:
     """Median seconds per call: CUDA events on a GPU, ``perf_counter`` on the CPU."""
 
-    def cuda_time(fn: Callable[[], object], reps: int) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return sorted(times)[len(times) // 2]
-
     def cpu_time(fn: Callable[[], object], reps: int) -> float:
         fn()
         times = []
@@ -118,7 +104,7 @@ def timer(device: str) -> Callable[[Callable[[], object], int], float]:
             times.append(time.perf_counter() - t0)
         return sorted(times)[len(times) // 2]
 
-    return cuda_time if device == "cuda" else cpu_time
+    return cuda_time if device == "cuda" else cpu_time  # encoder_bench's CUDA-event timer
 
 
 def peak_bytes(fn: Callable[[], object], device: str) -> int:

@@ -16,24 +16,11 @@ from experiments.checkpoint import load_checkpoint
 from experiments.cli import main
 from experiments.sweeps.manifest import Sweep
 
+from ..tiny import tiny_yaml
+
 pytestmark = pytest.mark.slow
 
-TINY_YAML = """\
-name: tiny
-n_envs: 2
-total_steps: 256
-eval_every: 128
-checkpoint_every: 128
-data: {source: "synthetic:ar1", n_bars: 1200, embargo: 16}
-env: {window: 16, episode_length: 48}
-model:
-  d_model: 16
-  window: 4
-  account_hidden: 8
-  net_arch: [16]
-  plan: {kind: mlkv, n_layers: 3, n_heads: 2, n_kv_heads: 1, n_kv_layers: 3}
-ppo: {n_steps: 64, batch_size: 32, n_epochs: 2}
-"""
+TINY_YAML = tiny_yaml()
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
