@@ -6,7 +6,8 @@ POINT is where the fault strikes, HIT which pass through that point (1-based):
 
 - ``rollout``: SIGKILL at the HIT-th env step of training;
 - ``update``: SIGKILL after the HIT-th optimizer step (inside a PPO update);
-- ``evaluation``: SIGKILL at the HIT-th env step of a validation pass;
+- ``evaluation``: SIGKILL at the HIT-th env step of a validation pass (``step`` or the
+  ``replay`` fast path);
 - ``checkpoint``: at the HIT-th ``.zip`` write, cut the temporary file to half its size and
   SIGKILL before it is renamed into place (a torn write);
 - ``disk-full``: the HIT-th write of a checkpoint (``checkpoints/ckpt-*.zip`` or
@@ -59,6 +60,15 @@ def plant(point: str, hit: int) -> None:
             return step_wait(self)
 
         MarketReplayVecEnv.step_wait = _step_wait
+        replay = MarketReplayVecEnv.replay  # the backtest's fast path: C steps per call
+
+        def _replay(self, actions, *args, **kwargs):
+            for _ in range(len(actions)):
+                if reached():
+                    die()
+            return replay(self, actions, *args, **kwargs)
+
+        MarketReplayVecEnv.replay = _replay
     elif point == "checkpoint":
         replace = os.replace
 
