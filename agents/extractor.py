@@ -221,14 +221,7 @@ class MLKVExtractor(BaseFeaturesExtractor):
             ``[S, max(lengths), D]``; row ``[s, i]`` is bar ``starts[s] + i`` for
             ``i < lengths[s]`` (later rows are padding).
         """
-        ctx = self.receptive_field - 1 if context is None else int(context)
-        starts = np.asarray(starts, dtype=np.int64)
-        lengths = np.asarray(lengths, dtype=np.int64)
-        if starts.size and starts.min() < ctx:
-            raise ValueError(
-                f"encode_spans: bar {starts.min()} has fewer than {ctx} bars of context before "
-                f"it; observations must end at bar >= receptive_field - 1."
-            )
+        ctx, starts, lengths = self._spans("encode_spans", starts, lengths, context)
         n_bars = features.shape[0]
         length = int(lengths.max())
         first = th.as_tensor(starts - ctx, device=features.device)  # [S]
@@ -236,6 +229,20 @@ class MLKVExtractor(BaseFeaturesExtractor):
         index = (first[:, None] + offsets[None, :]).clamp_(max=n_bars - 1)  # [S, ctx + L]
         x = features[index]  # [S, ctx + L, F]
         return self.encoder.encode_series(x)[:, ctx:]  # [S, L, D]
+
+    def _spans(
+        self, what: str, starts: np.ndarray, lengths: np.ndarray, context: int | None
+    ) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(context, starts, lengths)`` as int64, checking every span has its context."""
+        ctx = self.receptive_field - 1 if context is None else int(context)
+        starts = np.asarray(starts, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if starts.size and starts.min() < ctx:
+            raise ValueError(
+                f"{what}: bar {starts.min()} has fewer than {ctx} bars of context before "
+                f"it; observations must end at bar >= receptive_field - 1."
+            )
+        return ctx, starts, lengths
 
     def encode_packed(
         self,
@@ -264,14 +271,7 @@ class MLKVExtractor(BaseFeaturesExtractor):
         Returns:
             ``[M, D]``, ``M = lengths.sum()``: span 0's bars oldest first, then span 1's, ...
         """
-        ctx = self.receptive_field - 1 if context is None else int(context)
-        starts = np.asarray(starts, dtype=np.int64)
-        lengths = np.asarray(lengths, dtype=np.int64)
-        if starts.size and starts.min() < ctx:
-            raise ValueError(
-                f"encode_packed: bar {starts.min()} has fewer than {ctx} bars of context "
-                f"before it; observations must end at bar >= receptive_field - 1."
-            )
+        ctx, starts, lengths = self._spans("encode_packed", starts, lengths, context)
         run = lengths + ctx  # [S] tokens per span
         run_begin = np.cumsum(run) - run  # [S] first token of each span in the packed row
         bars = np.repeat(starts - ctx - run_begin, run) + np.arange(int(run.sum()))  # [N]
