@@ -19,7 +19,7 @@ array. That is how :class:`agents.MLKVPPO` evaluates a minibatch with one
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -33,10 +33,10 @@ from stable_baselines3.common.preprocessing import get_action_dim
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 from torch.distributions import Normal
-from torch.nn import functional as F
 
 from models import EncoderConfig
 
+from .actor import ActorProgram, actor_program
 from .extractor import ACCOUNT_KEY, CANDLES_KEY, MLKVExtractor, encoder_spec, resolve_encoder_config
 
 __all__ = ["LOG_STD_RANGE", "MLKVActorCriticPolicy", "SegmentObs"]
@@ -362,56 +362,21 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         pi_features = extractor.combine(encoded[:, : extractor.encoding_dim], account)
         return self._actor_heads(pi_features)
 
-    def actor_function(
-        self,
-    ) -> Callable[[th.Tensor, th.Tensor], tuple[th.Tensor, th.Tensor]] | None:
-        """:meth:`actor_from_encoded` as plain functional ops on the current weights.
+    def actor_program(self) -> ActorProgram | None:
+        """The actor as plain layers (:class:`~agents.actor.ActorProgram`) for a backtest.
 
-        The same ops in the same order (``F.linear``, the activation, ``cat``, ``sigmoid``), so
-        the same results bit for bit, without ``nn.Module`` dispatch: a backtest calls the
-        actor once per step, on a few hundred rows, where dispatch costs as much as the math.
-        ``None`` when a layer is not a ``Linear`` / ``Tanh`` / ``ReLU`` stack (then use
-        :meth:`actor_from_encoded`). Take a new function after the weights change.
+        :func:`~agents.actor.stack_actors` runs the programs of several policies in one
+        batched call per layer, where one module call per policy per step would cost more
+        in dispatch than in math. ``None`` when a part is not a ``Linear`` / ``Tanh`` /
+        ``ReLU`` stack or the extractor combines its parts differently (then use
+        :meth:`actor_from_encoded`). The weights are read when the program is stacked.
         """
-        acts = {nn.Tanh: th.tanh, nn.ReLU: th.relu}
-
-        def program(module: nn.Module) -> list[tuple[Any, ...]] | None:
-            layers = list(module) if isinstance(module, nn.Sequential) else [module]
-            steps: list[tuple[Any, ...]] = []
-            for layer in layers:
-                if type(layer) is nn.Linear:
-                    steps.append(("linear", layer.weight, layer.bias))
-                elif type(layer) in acts:
-                    steps.append(("act", acts[type(layer)]))
-                else:
-                    return None
-            return steps
-
         extractor = self._extractors()[0]
-        parts = [
-            program(extractor.account_net),
-            program(self.mlp_extractor.policy_net),
-            program(self.log_sigma_net),
-            program(self.action_net),
-        ]
-        if any(p is None for p in parts) or type(extractor).combine is not MLKVExtractor.combine:
+        if type(extractor).combine is not MLKVExtractor.combine:
             return None
-        account_steps, policy_steps, sigma_steps, action_steps = parts
-        d = extractor.encoding_dim
-        lo, hi = self.log_std_range
-
-        def run(steps: list[tuple[Any, ...]], x: th.Tensor) -> th.Tensor:
-            for step in steps:
-                x = F.linear(x, step[1], step[2]) if step[0] == "linear" else step[1](x)
-            return x
-
-        def actor(encoded: th.Tensor, account: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
-            features = th.cat([encoded[:, :d], run(account_steps, account.float())], dim=1)
-            latent = run(policy_steps, features)
-            log_sigma = lo + (hi - lo) * th.sigmoid(run(sigma_steps, latent))
-            return run(action_steps, latent), log_sigma
-
-        return actor
+        parts = [extractor.account_net, self.mlp_extractor.policy_net, self.log_sigma_net,
+                 self.action_net]
+        return actor_program(parts, extractor.encoding_dim, self.log_std_range)
 
     def _actor_heads(self, pi_features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         latent_pi = self.mlp_extractor.forward_actor(pi_features)

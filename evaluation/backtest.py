@@ -8,8 +8,9 @@ skill; :func:`exposure_matched_random`); plus
 flat and buy-and-hold once. A policy's passes go through the batched env in lockstep; the
 MLKV policy encodes the test series once and shares it across its K passes. The random
 passes follow in a second walk of the same env and costs (their shifted direction path
-can look ahead, so it needs the policy's whole walk: 5 bytes per pass-bar of one policy
-are kept for it, see :func:`policy_passes`). The passes are not stored:
+can look ahead, so it needs the policy's whole walk: 5 bytes per pass-bar are kept for
+it, see :func:`policy_passes`). Policies whose actors stack walk in lockstep too, several
+at a time (:func:`lockstep_groups`), with the numbers each gets alone. The passes are not stored:
 :mod:`evaluation.streaming` folds each chunk of bars into every statistic the summary and
 the verdict (:func:`evaluation.verdict.judge_inputs`) need, so memory does not grow with
 passes x bars x seeds; ``keep_ledgers=True`` also keeps the per-bar arrays.
@@ -29,7 +30,16 @@ from envs import EnvConfig
 from envs.kernels import M_CLOSE, MarketArrays
 
 from . import stats
-from .passes import CHUNK, PassResult, ScheduledRun, iter_policy_passes, walk_times
+from .passes import (
+    CHUNK,
+    PassResult,
+    ScheduledRun,
+    encodes_bars,
+    iter_lockstep_passes,
+    iter_policy_passes,
+    lockstep_actor,
+    walk_times,
+)
 from .streaming import PassAccumulator, PassSummary, RandomTargets, random_timing
 from .verdict import Sample, Verdict, VerdictConfig, VerdictInputs, judge_inputs
 
@@ -144,9 +154,10 @@ def backtest(
         on_policy_done: optional callback ``(index, name) -> None`` for progress display.
         keep_ledgers: also keep every pass's per-bar arrays (``PassSummary.ledgers``);
             memory ``~50 bytes x passes x bars``. Off: only the streaming statistics,
-            ``O(passes x (n_windows + plot points) + bars)`` per policy, plus, while one
-            policy runs, the direction path the random null needs (5 bytes x passes x bars,
-            freed after it; see :func:`policy_passes`).
+            ``O(passes x (n_windows + plot points) + bars)`` per policy, plus, while a
+            lockstep group of policies runs, the direction paths the random null needs (5
+            bytes x passes x bars per policy, freed after it; a group holds at most
+            :data:`LOCKSTEP_BYTES` of them, see :func:`lockstep_groups`).
         sample: which split the candles are and how the checkpoints were chosen (see
             :class:`evaluation.verdict.Sample`); None: an untouched test split, one trial.
         bars_per_year: annualisation; None infers it from the candles' frequency
@@ -161,16 +172,16 @@ def backtest(
     if len(names) != len(policies):
         raise ValueError(f"got {len(names)} names for {len(policies)} policies.")
     n_windows = (verdict_config or VerdictConfig()).n_windows
-    seeds = []
-    for i, (name, policy) in enumerate(zip(names, policies, strict=True)):
-        seeds.append(
-            policy_passes(
-                policy, candles, index=i, passes=passes, env_config=env_config, seed=seed,
-                name=name, n_windows=n_windows, keep_ledgers=keep_ledgers,
-            )
+    policies = [getattr(p, "policy", p) for p in policies]  # an SB3 algorithm -> its policy
+    market = _market(candles)
+    n_steps = len(walk_times(market, _test_env(env_config)))
+    seeds: list[SeedPasses] = []
+    for group in lockstep_groups(policies, passes, n_steps):
+        seeds += lockstep_passes(
+            [policies[i] for i in group], market, indices=group, passes=passes,
+            env_config=env_config, seed=seed, names=[names[i] for i in group],
+            n_windows=n_windows, keep_ledgers=keep_ledgers, on_policy_done=on_policy_done,
         )
-        if on_policy_done is not None:
-            on_policy_done(i, name)
     return combine(
         seeds, candles, env_config=env_config, seed=seed, verdict_config=verdict_config,
         keep_ledgers=keep_ledgers, sample=sample, bars_per_year=bars_per_year, period=period,
@@ -203,6 +214,36 @@ def _test_env(env_config: EnvConfig) -> EnvConfig:
     return env_config.replace(mode="test", action="continuous")
 
 
+LOCKSTEP_BYTES = 256 * 2**20
+"""Most memory the random null's stored direction paths (5 bytes per pass-bar) of one
+lockstep group of policies may take: :func:`backtest` walks as many policies together as
+fit (all five seeds of an H1 year at K = 100; one at a time for a year of minute bars)."""
+
+
+def lockstep_groups(policies: list[Any], passes: int, n_steps: int) -> list[list[int]]:
+    """Indices of the policies :func:`backtest` walks together, in order.
+
+    Consecutive policies share a walk when their actors stack
+    (:func:`evaluation.passes.lockstep_actor`) and their null paths fit in
+    :data:`LOCKSTEP_BYTES`; anything else walks alone.
+    """
+    size = max(1, LOCKSTEP_BYTES // max(1, 5 * passes * n_steps))
+    groups: list[list[int]] = []
+    for i, policy in enumerate(policies):
+        group = groups[-1] if groups else None
+        if (
+            group is not None
+            and len(group) < size
+            and encodes_bars(policy)
+            and all(encodes_bars(policies[j]) for j in group)
+            and lockstep_actor([policies[j] for j in group] + [policy]) is not None
+        ):
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def policy_passes(
     policy: Any,
     candles: pd.DataFrame,
@@ -219,7 +260,8 @@ def policy_passes(
     """One policy's K stochastic passes, its deterministic pass and K random passes.
 
     Seeded by ``(seed, index)`` alone, so policy ``index`` of a set gets the same passes
-    whether the set runs in one process or as one task per policy (or one task per pass
+    whether the set runs in one process (:func:`backtest` walks several policies in
+    lockstep, :func:`lockstep_passes`) or as one task per policy (or one task per pass
     group). Two streaming phases, a chunk of bars at a time:
 
     1. the K stochastic passes and the deterministic one walk the test period in lockstep;
@@ -249,12 +291,50 @@ def policy_passes(
             deterministic pass comes with the group that ends at K. :func:`merge_pass_groups`
             joins the groups of one policy back together (a long seed split over workers).
     """
+    return lockstep_passes(
+        [policy], candles, indices=[index], passes=passes, env_config=env_config, seed=seed,
+        names=[name] if name else None, n_windows=n_windows, keep_ledgers=keep_ledgers,
+        pass_slice=pass_slice,
+    )[0]
+
+
+def lockstep_passes(
+    policies: list[Any],
+    candles: pd.DataFrame | MarketArrays,
+    *,
+    indices: list[int],
+    passes: int,
+    env_config: EnvConfig,
+    seed: int = 0,
+    names: list[str] | None = None,
+    n_windows: int | None = None,
+    keep_ledgers: bool = False,
+    pass_slice: slice | None = None,
+    on_policy_done: Any = None,
+) -> list[SeedPasses]:
+    """:func:`policy_passes` for several policies whose phase 1 walks in one lockstep run.
+
+    The policies' K + 1 passes each step together (:func:`iter_lockstep_passes`: one actor
+    call and one env call per step for all of them); each policy keeps its own seeds, so
+    every policy gets exactly the numbers :func:`policy_passes` gives it alone. Phase 2
+    (the random passes) then runs policy by policy. Policies must stack
+    (:func:`lockstep_groups`); one policy always runs.
+
+    Args:
+        policies: S policies.
+        indices: ``[S]`` each policy's position in its set (seeds its passes).
+        names: ``[S]`` labels (default ``policy-<index>``).
+        on_policy_done: optional callback ``(index, name)`` after each policy's phase 2.
+        passes, candles, env_config, seed, n_windows, keep_ledgers, pass_slice: as in
+            :func:`policy_passes`.
+    """
     if int(passes) != passes or passes < 2:
         raise ValueError(
             f"passes must be an integer >= 2 (K passes make a dispersion), got {passes}."
         )
     n_windows = VerdictConfig().n_windows if n_windows is None else int(n_windows)
-    policy = getattr(policy, "policy", policy)  # an SB3 algorithm -> its policy
+    policies = [getattr(p, "policy", p) for p in policies]  # an SB3 algorithm -> its policy
+    names = names or [f"policy-{i}" for i in indices]
     env = _test_env(env_config)
     candles = _market(candles)  # features once, shared by every walk below
     times = walk_times(candles, env)
@@ -262,39 +342,59 @@ def policy_passes(
     lo, hi, _ = (pass_slice or slice(0, passes)).indices(passes)
     group = np.arange(lo, hi)
     with_det = hi == passes
-    sto = PassAccumulator(group.size, times, n_windows, sigma=True, keep_ledgers=keep_ledgers)
-    det = PassAccumulator(1, times, n_windows, sigma=True, keep_ledgers=keep_ledgers)
-    rnd = PassAccumulator(group.size, times, n_windows, keep_ledgers=keep_ledgers)
+
+    def accumulators(sigma: bool) -> list[PassAccumulator]:
+        return [
+            PassAccumulator(n, times, n_windows, sigma=sigma, keep_ledgers=keep_ledgers)
+            for n in (group.size, 1)
+        ]
+
+    sto, det = zip(*(accumulators(True) for _ in policies), strict=True)
     # exposure_matched_random(positions, default_rng([seed, index])), streamed: the shifts
     # and flips of all K passes are drawn here, the group's rows kept
-    targets = RandomTargets(np.random.default_rng([seed, index]), passes, n_steps, group)
-    # phase 1: K stochastic passes and the deterministic one (last row) in one lockstep run
-    chunks = iter_policy_passes(
-        policy,
-        candles,
-        env,
-        n_passes=passes + 1,
-        deterministic=np.arange(passes + 1) == passes,
-        seed=seed + 7919 * (index + 1),
-        chunk=CHUNK,
-    )
-    for chunk in chunks:
-        for first in range(0, chunk.positions.shape[1], CHUNK):  # generic: one big chunk
-            cols = slice(first, first + CHUNK)
-            pos, ret = chunk.positions[:, cols], chunk.log_returns[:, cols]
-            cost, mean, sigma = chunk.costs[:, cols], chunk.mean[:, cols], chunk.sigma[:, cols]
-            sto.update(ret[group], pos[group], cost[group], mean[group], sigma[group])
-            if with_det:
-                det.update(ret[-1:], pos[-1:], cost[-1:], mean[-1:], sigma[-1:])
-            targets.add(pos[group])
-    # phase 2: the random passes through the same env and costs, a chunk at a time
-    random_run = ScheduledRun(candles, env, group.size, seed)
-    for t0 in range(0, n_steps, CHUNK):
-        r = random_run.step(targets.take(t0, min(t0 + CHUNK, n_steps)))
-        rnd.update(r.log_returns, r.positions, r.costs)
-    del targets
-    deterministic = det.finish() if with_det else None
-    return SeedPasses(name or f"policy-{index}", sto.finish(), deterministic, rnd.finish())
+    targets = [
+        RandomTargets(np.random.default_rng([seed, i]), passes, n_steps, group) for i in indices
+    ]
+    # phase 1: each policy's K stochastic passes and its deterministic one (last row), all
+    # policies in one lockstep run
+    mask = np.arange(passes + 1) == passes
+    pass_seeds = [seed + 7919 * (i + 1) for i in indices]
+    if len(policies) == 1 and not encodes_bars(policies[0]):  # generic: one big chunk
+        walks = (
+            [chunk]
+            for chunk in iter_policy_passes(
+                policies[0], candles, env, n_passes=passes + 1, deterministic=mask,
+                seed=pass_seeds[0],
+            )
+        )
+    else:
+        walks = iter_lockstep_passes(
+            policies, candles, env, n_passes=passes + 1, deterministic=mask, seeds=pass_seeds
+        )
+    for chunks in walks:
+        for s, chunk in enumerate(chunks):
+            for first in range(0, chunk.positions.shape[1], CHUNK):
+                cols = slice(first, first + CHUNK)
+                pos, ret = chunk.positions[:, cols], chunk.log_returns[:, cols]
+                cost, mean, sigma = chunk.costs[:, cols], chunk.mean[:, cols], chunk.sigma[:, cols]
+                sto[s].update(ret[group], pos[group], cost[group], mean[group], sigma[group])
+                if with_det:
+                    det[s].update(ret[-1:], pos[-1:], cost[-1:], mean[-1:], sigma[-1:])
+                targets[s].add(pos[group])
+    # phase 2: each policy's random passes through the same env and costs, chunk by chunk
+    results = []
+    for s, (index, name) in enumerate(zip(indices, names, strict=True)):
+        rnd = PassAccumulator(group.size, times, n_windows, keep_ledgers=keep_ledgers)
+        random_run = ScheduledRun(candles, env, group.size, seed)
+        for t0 in range(0, n_steps, CHUNK):
+            r = random_run.step(targets[s].take(t0, min(t0 + CHUNK, n_steps)))
+            rnd.update(r.log_returns, r.positions, r.costs)
+        targets[s] = None  # free this policy's null path before the next one's walk
+        deterministic = det[s].finish() if with_det else None
+        results.append(SeedPasses(name, sto[s].finish(), deterministic, rnd.finish()))
+        if on_policy_done is not None:
+            on_policy_done(index, name)
+    return results
 
 
 def merge_pass_groups(groups: list[SeedPasses]) -> SeedPasses:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from agents.actor import stack_actors
 from envs import EnvConfig, MarketReplayVecEnv
 from envs.kernels import MarketArrays
 
@@ -134,72 +135,121 @@ def iter_policy_passes(
 ) -> Iterator[PassChunk]:
     """:func:`run_policy_passes`, chunk by chunk of steps (same draws, same numbers).
 
-    The MLKV policy's encode-once path streams in chunks of ``chunk`` steps; a generic
-    policy (``predict``) and :class:`ScheduledActions` give their arrays too, the former in one
-    chunk at the end.
+    The MLKV policy's encode-once path streams in chunks of ``chunk`` steps
+    (:func:`iter_lockstep_passes` with one policy); a generic policy (``predict``) and
+    :class:`ScheduledActions` give their arrays too, the former in one chunk at the end.
     """
     if isinstance(policy, ScheduledActions):
         yield from ScheduledRun(candles, env_config, n_passes, seed).walk(policy.actions, chunk)
         return
-    use_fast = fast and hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
     mask = np.broadcast_to(np.asarray(deterministic, dtype=bool), (n_passes,)).copy()
-    if not use_fast:
+    if not (fast and encodes_bars(policy)):
         yield _generic_passes(policy, candles, env_config, n_passes, mask, seed)
         return
-    venv = _test_venv(candles, env_config, n_passes, seed)
+    for chunks in iter_lockstep_passes(
+        [policy], candles, env_config, n_passes=n_passes, deterministic=mask, seeds=[seed],
+        chunk=chunk,
+    ):
+        yield chunks[0]
+
+
+def encodes_bars(policy: Any) -> bool:
+    """Whether ``policy`` has the encode-once path (:func:`iter_lockstep_passes`)."""
+    return hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
+
+
+def lockstep_actor(policies: list[Any]) -> Any:
+    """One actor for all ``policies``: ``[S, K, D], [S, K, A] -> (mean, log_sigma)``, each
+    ``[S, K, act]`` (:func:`agents.actor.stack_actors`). A single policy whose actor does
+    not stack runs its module path; None when several cannot share one (run them one at a
+    time)."""
+    stacked = stack_actors([getattr(p, "actor_program", lambda: None)() for p in policies])
+    if stacked is not None or len(policies) > 1:
+        return stacked
+    policy = policies[0]
+
+    def actor(encoded: torch.Tensor, account: torch.Tensor) -> tuple[Any, Any]:
+        if hasattr(policy, "actor_from_encoded"):
+            mean, log_sigma = policy.actor_from_encoded(encoded[0], account[0])
+        else:
+            mean, log_sigma, _ = policy.heads_from_encoded(encoded[0], account[0])
+        return mean[None], log_sigma[None]
+
+    return actor
+
+
+def iter_lockstep_passes(
+    policies: list[Any],
+    candles: pd.DataFrame | MarketArrays,
+    env_config: EnvConfig,
+    *,
+    n_passes: int,
+    deterministic: np.ndarray,
+    seeds: list[int],
+    chunk: int = CHUNK,
+) -> Iterator[list[PassChunk]]:
+    """K passes of each of S encode-once policies, all S x K walking the test in lockstep.
+
+    Each policy's test series is encoded once; each step runs every policy's actor heads on
+    ``encoded[bar]`` in one batched call (:func:`lockstep_actor`), draws policy ``s``'s
+    actions from its own generator seeded with ``seeds[s]`` (so policy ``s`` gets the same
+    passes alone as in any group), and steps all ``S x K`` envs in one replay call.
+
+    Args:
+        policies: S policies with ``encode_bars`` (:func:`encodes_bars`) whose actors stack
+            (:func:`lockstep_actor` is not None); a single policy always runs.
+        candles: the test period.
+        env_config: costs and window; ``mode`` is forced to ``"test"``.
+        n_passes: K passes per policy.
+        deterministic: bool ``[K]``, the passes that act with the mean.
+        seeds: ``[S]`` seed of each policy's sampled actions.
+        chunk: steps per yielded chunk.
+
+    Yields:
+        ``[S]`` :class:`PassChunk` (one per policy) for each chunk of steps.
+    """
+    s_count, k = len(policies), n_passes
+    actor = lockstep_actor(policies)
+    if actor is None:
+        raise ValueError("these policies' actors cannot be stacked; run them one at a time.")
+    venv = _test_venv(candles, env_config, s_count * k, seeds[0])
     account = venv.reset()["account"]
-    alive = np.ones(n_passes, dtype=bool)
+    alive = np.ones(s_count * k, dtype=bool)
     n_steps = venv.market.n_bars - 1 - venv.walk_start
     bar = venv.walk_start
-    actor = _actor(policy)
+    mask = np.asarray(deterministic, dtype=bool)
     with torch.inference_mode():  # no autograd bookkeeping at all: ~10% of a small op
-        encoded = policy.encode_bars(venv.features)  # [n_bars, D]
-        mask_t = torch.as_tensor(mask, device=encoded.device)[:, None]
-        # a private generator seeded like torch.manual_seed(seed) seeds the global one: the
-        # same draws, and the caller's global RNG (CPU and CUDA) is never touched, even
-        # between the chunks this generator yields (issue 15)
-        generator = torch.Generator(device=encoded.device)
-        generator.manual_seed(seed)
+        encoded = torch.stack([p.encode_bars(venv.features) for p in policies])  # [S, N, D]
+        device = encoded.device
+        mask_t = torch.as_tensor(mask, device=device)[:, None]  # [K, 1]
+        # a private generator per policy, seeded like torch.manual_seed(seed) seeds the global
+        # one: the same draws, and the caller's global RNG (CPU and CUDA) is never touched,
+        # even between the chunks this generator yields (issue 15)
+        generators = [torch.Generator(device=device) for _ in seeds]
+        for generator, s in zip(generators, seeds, strict=True):
+            generator.manual_seed(int(s))
         for first in range(0, n_steps, chunk):
             c = min(chunk, n_steps - first)
-            actions = np.empty((c, n_passes))
-            means = np.empty((c, n_passes), dtype=np.float32)
-            sigmas = np.empty((c, n_passes), dtype=np.float32)
-            rewards, positions, costs = np.empty((3, c, n_passes))
+            out = np.empty((3, c, s_count * k), dtype=np.float32)  # action, mean, sigma
+            rewards, positions, costs = np.empty((3, c, s_count * k))
             for j in range(c):
-                rows = encoded[bar + first + j].expand(n_passes, -1)  # [K, D]: one bar for all
-                mean, log_sigma = actor(rows, torch.from_numpy(account).to(encoded.device))
+                rows = encoded[:, bar + first + j, None, :].expand(-1, k, -1)  # [S, K, D]
+                acc = torch.from_numpy(account).to(device).view(s_count, k, -1)  # [S, K, A]
+                mean, log_sigma = actor(rows, acc)  # [S, K, 1] each
                 sigma = log_sigma.exp()
-                action = _draw(mean, sigma, mask, mask_t, generator).clamp(-1.0, 1.0)
-                actions[j] = action.cpu().numpy()[:, 0]
-                means[j] = mean.cpu().numpy()[:, 0]
-                sigmas[j] = sigma.cpu().numpy()[:, 0]
-                ended = not alive.all()
-                if ended:
-                    means[j][~alive] = np.nan
-                    sigmas[j][~alive] = np.nan
-                r, p, cost, account = venv.replay(actions[j : j + 1], alive, account=True)
+                action = _draw(mean, sigma, mask, mask_t, generators).clamp(-1.0, 1.0)
+                out[:, j] = torch.stack([action, mean, sigma]).view(3, -1).cpu().numpy()
+                if not alive.all():
+                    out[1:, j, ~alive] = np.nan
+                r, p, cost, account = venv.replay(out[0, j : j + 1], alive, account=True)
                 rewards[j], positions[j], costs[j] = r[0], p[0], cost[0]
-            yield PassChunk(
-                first, positions.T.copy(), rewards.T.copy(), costs.T.copy(), means.T.copy(),
-                sigmas.T.copy(),
-            )
-
-
-def _actor(policy: Any) -> Any:
-    """The cheapest way to get ``(mean, log_sigma)`` from encoded rows and accounts."""
-    make = getattr(policy, "actor_function", None)
-    actor = make() if make is not None else None
-    if actor is not None:
-        return actor
-    if hasattr(policy, "actor_from_encoded"):
-        return policy.actor_from_encoded
-
-    def heads(rows: torch.Tensor, account: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_sigma, _ = policy.heads_from_encoded(rows, account)
-        return mean, log_sigma
-
-    return heads
+            yield [
+                PassChunk(
+                    first, positions[:, rows].T.copy(), rewards[:, rows].T.copy(),
+                    costs[:, rows].T.copy(), out[1][:, rows].T.copy(), out[2][:, rows].T.copy(),
+                )
+                for rows in (slice(i * k, (i + 1) * k) for i in range(s_count))
+            ]
 
 
 def _draw(
@@ -207,15 +257,21 @@ def _draw(
     sigma: torch.Tensor,
     mask: np.ndarray,
     mask_t: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generators: list[torch.Generator],
 ) -> torch.Tensor:
-    """``mean + eps * sigma`` drawn exactly as SB3's ``DiagGaussianDistribution`` samples
-    (``Normal.rsample``: one ``normal_`` draw of the batch's shape), the masked rows'
-    means; no draw when every row is deterministic."""
+    """``mean + eps * sigma`` for ``[S, K, act]`` rows, drawn for policy ``s`` from
+    ``generators[s]`` exactly as SB3's ``DiagGaussianDistribution`` samples (``Normal.rsample``:
+    one ``normal_`` draw of the ``[K, act]`` batch); the masked rows (``mask_t [K, 1]``) get
+    their means; no draw when every row is deterministic."""
     if mask.all():
         return mean
-    eps = torch.empty(mean.shape, dtype=mean.dtype, device=mean.device).normal_(
-        generator=generator
+    eps = torch.stack(
+        [
+            torch.empty(mean.shape[1:], dtype=mean.dtype, device=mean.device).normal_(
+                generator=generator
+            )
+            for generator in generators
+        ]
     )
     action = mean + eps * sigma  # SB3's scale is ones_like(mean) * sigma: the same floats
     if mask.any():

@@ -12,6 +12,7 @@ from stable_baselines3.common.utils import ConstantSchedule
 from torch.testing import assert_close
 
 from agents import LOG_STD_RANGE, MLKVActorCriticPolicy, MLKVExtractor
+from agents.actor import stack_actors
 from models import EncoderConfig, KVSharingPlan
 
 ACTION = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -178,33 +179,60 @@ def test_heads_from_encoded_match_the_window_path(dict_space, tiny_encoder, shar
     assert value.shape == (len(bars),)
 
 
+def stacked_policies(dict_space, tiny_encoder, n: int, **kwargs: Any) -> list[Any]:
+    """``n`` policies with different weights (seeds 0 .. n-1), same shapes."""
+    policies = []
+    for seed in range(n):
+        th.manual_seed(seed)
+        policies.append(MLKVActorCriticPolicy(dict_space(T=8), ACTION, ConstantSchedule(3e-4),
+                                              encoder=tiny_encoder, **kwargs))
+    return policies
+
+
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("activation", [th.nn.Tanh, th.nn.ReLU])
-def test_actor_function_equals_actor_from_encoded_bit_for_bit(
-    dict_space, tiny_encoder, shared, activation
+@pytest.mark.parametrize("account_hidden", [(32,), ()])
+def test_stacked_actor_equals_each_module_path(
+    dict_space, tiny_encoder, shared, activation, account_hidden
 ) -> None:
-    """The backtest's functional actor: the same floats as the module path and the heads."""
-    policy = make_policy(dict_space(T=8), tiny_encoder, share_features_extractor=shared,
-                         activation_fn=activation)
+    """The backtest's stacked actor: each policy's mean and log-sigma as its module path
+    computes them, and, exactly, the same floats alone as in a stack of three (a distributed
+    backtest runs one policy per task, the in-process one stacks them)."""
+    policies = stacked_policies(dict_space, tiny_encoder, 3, share_features_extractor=shared,
+                                activation_fn=activation, account_hidden=account_hidden)
     feats = random_features(50, 3, seed=2)
-    account = th.randn(43, 2)
+    account = th.randn(3, 43, 2)
     with th.no_grad():
-        rows = policy.encode_bars(feats)[7:]
-        actor = policy.actor_function()
-        assert actor is not None
-        mean, log_sigma = actor(rows, account)
-        ref_mean, ref_log_sigma = policy.actor_from_encoded(rows, account)
-        head_mean, head_log_sigma, _ = policy.heads_from_encoded(rows, account)
-    assert th.equal(mean, ref_mean) and th.equal(log_sigma, ref_log_sigma)
-    assert th.equal(mean, head_mean) and th.equal(log_sigma, head_log_sigma)
-    with th.no_grad():  # sharp: other weights, other outputs
+        rows = th.stack([p.encode_bars(feats)[7:] for p in policies])  # [3, 43, D]
+        mean, log_sigma = stack_actors([p.actor_program() for p in policies])(rows, account)
+        for i, policy in enumerate(policies):
+            ref_mean, ref_log_sigma = policy.actor_from_encoded(rows[i], account[i])
+            assert_close(mean[i], ref_mean, rtol=1e-6, atol=1e-6)
+            assert_close(log_sigma[i], ref_log_sigma, rtol=1e-6, atol=1e-6)
+            alone = stack_actors([policy.actor_program()])(rows[i : i + 1], account[i : i + 1])
+            assert th.equal(alone[0][0], mean[i]) and th.equal(alone[1][0], log_sigma[i])
+        assert not th.equal(mean[0], mean[1])  # sharp: other weights, other outputs
+
+
+def test_stacked_actor_copies_the_weights_it_was_built_from(dict_space, tiny_encoder) -> None:
+    policy = make_policy(dict_space(T=8), tiny_encoder)
+    rows, account = th.randn(1, 5, tiny_encoder["d_model"]), th.randn(1, 5, 2)
+    with th.no_grad():
+        actor = stack_actors([policy.actor_program()])
+        before = actor(rows, account)[0]
         policy.action_net.bias.add_(1.0)
-        assert not th.equal(policy.actor_function()(rows, account)[0], mean)
+        assert th.equal(actor(rows, account)[0], before)  # built before: old weights
+        assert_close(stack_actors([policy.actor_program()])(rows, account)[0], before + 1.0)
 
 
-def test_actor_function_declines_layers_it_does_not_know(dict_space, tiny_encoder) -> None:
-    policy = make_policy(dict_space(T=8), tiny_encoder, activation_fn=th.nn.SiLU)
-    assert policy.actor_function() is None
+def test_stack_actors_declines_what_it_cannot_batch(dict_space, tiny_encoder) -> None:
+    assert make_policy(dict_space(T=8), tiny_encoder, activation_fn=th.nn.SiLU).actor_program() \
+        is None
+    wide, narrow = (make_policy(dict_space(T=8), tiny_encoder, net_arch=dict(pi=[w], vf=[8]))
+                    for w in (16, 8))
+    assert stack_actors([wide.actor_program(), narrow.actor_program()]) is None  # shapes differ
+    assert stack_actors([wide.actor_program(), None]) is None
+    assert stack_actors([wide.actor_program(), wide.actor_program()]) is not None
 
 
 def test_transformer_keeps_its_own_init_under_ortho_init(dict_space, tiny_encoder) -> None:

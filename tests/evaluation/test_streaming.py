@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import subprocess
@@ -372,3 +373,41 @@ def test_streamed_passes_use_a_private_rng(test_candles) -> None:
     first = plain[0]
     want = np.clip(first.mean[:3, 0] + eps.numpy() * first.sigma[:3, 0], -1.0, 1.0)
     np.testing.assert_allclose(first.positions[:3, 0], want, rtol=1e-6, atol=1e-7)
+
+
+def test_lockstep_policies_get_the_numbers_each_gets_alone(test_candles, monkeypatch) -> None:
+    """backtest() walks stackable policies together (one actor call and one env call per
+    step for all); each policy's passes are bit for bit what policy_passes gives it alone,
+    which is what a distributed backtest (one task per policy) runs."""
+    bt = importlib.import_module("evaluation.backtest")  # the module, not the function
+
+    policies = [make_policy(s) for s in range(3)]
+    assert bt.lockstep_groups(policies, 4, 100) == [[0, 1, 2]]
+    together = backtest(policies, test_candles, passes=4, env_config=ENV, seed=3,
+                        keep_ledgers=True)
+    for i, policy in enumerate(policies):
+        alone = policy_passes(policy, test_candles, index=i, passes=4, env_config=ENV, seed=3,
+                              keep_ledgers=True)
+        for name in ("stochastic", "deterministic", "random"):
+            a, b = getattr(together.seeds[i], name), getattr(alone, name)
+            for field in ("positions", "log_returns", "costs", "mean", "sigma"):
+                np.testing.assert_array_equal(getattr(a.ledgers, field),
+                                              getattr(b.ledgers, field), err_msg=field)
+            np.testing.assert_array_equal(a.state, b.state)
+    assert not np.array_equal(together.seeds[0].stochastic.ledgers.positions,
+                              together.seeds[1].stochastic.ledgers.positions)
+    # a group holds at most LOCKSTEP_BYTES of null paths: here one policy per group
+    monkeypatch.setattr(bt, "LOCKSTEP_BYTES", 5 * 4 * 100 * 2 - 1)
+    assert bt.lockstep_groups(policies, 4, 100) == [[0], [1], [2]]
+    monkeypatch.setattr(bt, "LOCKSTEP_BYTES", 5 * 4 * 100 * 2)
+    assert bt.lockstep_groups(policies, 4, 100) == [[0, 1], [2]]
+
+
+def test_policies_that_do_not_stack_walk_alone(test_candles) -> None:
+    from evaluation.backtest import lockstep_groups
+    from evaluation.passes import ScheduledActions
+
+    small, other = make_policy(0), make_policy(1)
+    other.action_net = torch.nn.Sequential(torch.nn.Linear(16, 1), torch.nn.SiLU())
+    plain = ScheduledActions(np.zeros((1, 1)))
+    assert lockstep_groups([small, other, make_policy(2), plain], 4, 100) == [[0], [1], [2], [3]]
