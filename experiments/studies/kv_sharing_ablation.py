@@ -65,9 +65,11 @@ import argparse
 import json
 import multiprocessing
 import platform
+import shlex
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,38 @@ SYNTHETIC = ("echo", "ar1")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 MEM_BEGIN, MEM_END = "<!-- memory-ablation:begin -->", "<!-- memory-ablation:end -->"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of the options that set a study's size; options given explicitly win."""
+
+    markets: str  # comma list of markets (keys of TARGETS)
+    compare: str  # "rf" (equal receptive field), "w" (equal window) or "rf,w"
+    seeds: int  # seeds per plan and market (seeds 0 .. seeds - 1)
+    steps: int  # optimiser steps per run on the synthetic markets (echo, ar1)
+    real_steps: int  # optimiser steps per run on the real markets (eurusd, googl)
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "real_steps"):
+            if getattr(self, name) < 1:
+                option = "--" + name.replace("_", "-")
+                raise ValueError(f"{option} must be >= 1, got {getattr(self, name)}")
+
+    def describe(self) -> str:
+        """The preset in one line, e.g. for ``--help``."""
+        return (
+            f"markets {self.markets}, compare {self.compare}, {self.seeds} seed(s), "
+            f"{self.steps} synthetic / {self.real_steps} real steps"
+        )
+
+
+#: the no-argument run: both settings on the echo market, one seed. Its 9 runs (MHA, GQA and
+#: MQA have the same W in both settings) answer the question on the long-memory market in a
+#: few minutes on a CPU: rf < 48 stays at 1.0, rf >= 48 can reach 0.75
+QUICK = Preset(markets="echo", compare="rf,w", seeds=1, steps=300, real_steps=100)
+#: ``--full``: the study behind the tables in docs/mlkv.md, 3 markets x 9 runs x 3 seeds = 81
+FULL = Preset(markets="echo,eurusd,googl", compare="rf,w", seeds=3, steps=300, real_steps=100)
 
 
 # ---------------------------------------------------------------- data
@@ -449,6 +483,8 @@ def markdown(results: list[dict], args: argparse.Namespace, markets: list[str]) 
         f"Total training time: {sum(r['train_s'] for r in results):.0f} s "
         f"({len(results)} runs); wall time {args.wall_s:.0f} s. Machine: {args.machine}.",
     ]
+    if command := getattr(args, "command", None):  # results files from before lack it
+        lines += ["", f"Command: `{command}`."]
     return "\n".join(lines)
 
 
@@ -555,7 +591,7 @@ def plot(groups: list[tuple[argparse.Namespace, list[dict]]], path: Path) -> Non
 #: arguments a results file's ``.meta`` keeps, to render it again with ``--merge``
 META = (
     "compare", "rf", "window", "phi", "seed_list", "batch", "segment", "context", "d_model",
-    "lr", "rope_base", "device", "threads", "score_skip", "machine", "wall_s",
+    "lr", "rope_base", "device", "threads", "score_skip", "machine", "wall_s", "command",
 )  # fmt: skip
 
 
@@ -596,15 +632,31 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; the :class:`Preset` options default to ``None`` (unset)."""
     p = argparse.ArgumentParser(
         description="KV-sharing ablation: params, KV-cache bytes and next-bar validation loss "
         "of MHA/GQA/MQA/CLA-2/MLKV plans at equal receptive field and at equal window, on a "
-        "long-memory synthetic market and on EURUSD/GOOGL (return and volatility targets).",
-        epilog="example: python -m experiments.studies.kv_sharing_ablation --jobs 2 --write-docs",
+        "long-memory synthetic market and on EURUSD/GOOGL (return and volatility targets). "
+        f"Without options it runs the quick preset ({QUICK.describe()}); --full runs the "
+        f"study behind docs/mlkv.md ({FULL.describe()}). Options given explicitly override "
+        "the preset.",
+        epilog="examples: python -m experiments.studies.kv_sharing_ablation  # quick;  "
+        "python -m experiments.studies.kv_sharing_ablation --full --jobs 2 --write-docs",
     )
     p.add_argument(
-        "--markets", default="echo,eurusd,googl", help=f"comma list of {', '.join(TARGETS)}"
+        "--full",
+        action="store_true",
+        help="the full study (the docs' tables) instead of the quick default preset",
+    )
+
+    def preset_help(text: str, name: str) -> str:
+        return f"{text} (quick: {getattr(QUICK, name)}; --full: {getattr(FULL, name)})"
+
+    p.add_argument(
+        "--markets",
+        default=None,
+        help=preset_help(f"comma list of {', '.join(TARGETS)}", "markets"),
     )
     p.add_argument(
         "--variants",
@@ -613,17 +665,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"comma list of labels: {', '.join(VARIANTS)}",
     )
     p.add_argument(
-        "--compare", default="rf,w", help="rf (equal receptive field), w (equal window) or both"
+        "--compare",
+        default=None,
+        help=preset_help("rf (equal receptive field), w (equal window) or both", "compare"),
     )
     p.add_argument("--rf", type=int, default=91, help="receptive field of the equal-rf setting")
     p.add_argument("--window", type=int, default=11, help="window W of the equal-W setting")
     p.add_argument("--phi", type=float, default=0.3, help="AR(1) coefficient of the ar1 market")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per plan and market")
     p.add_argument(
-        "--steps", type=int, default=300, help="optimiser steps per run on synthetic markets"
+        "--seeds", type=int, default=None, help=preset_help("seeds per plan and market", "seeds")
     )
     p.add_argument(
-        "--real-steps", type=int, default=100, help="optimiser steps per run on eurusd/googl"
+        "--steps",
+        type=int,
+        default=None,
+        help=preset_help("optimiser steps per run on synthetic markets", "steps"),
+    )
+    p.add_argument(
+        "--real-steps",
+        type=int,
+        default=None,
+        help=preset_help("optimiser steps per run on eurusd/googl", "real_steps"),
     )
     p.add_argument("--batch", type=int, default=8, help="segments per step")
     p.add_argument("--segment", type=int, default=64, help="scored bars per segment")
@@ -656,12 +718,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="train nothing: render (and --write-docs) the results of earlier --json files, "
         "e.g. one per market; pass the same --compare/--rf/--window as those runs",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; fill unset :class:`Preset` options from the preset.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The parsed options plus ``preset`` (the resolved :class:`Preset`), ``market_list``,
+        ``labels`` (variants), ``seed_list``, ``runs`` (``(label, window)`` of every run
+        per market and seed), ``score_skip`` and ``command`` (the command line, for the docs).
+
+    Raises:
+        SystemExit: with a message naming the option, for an invalid command line.
+    """
+    p = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.command = shlex.join(["python", "-m", "experiments.studies.kv_sharing_ablation", *argv])
+    base = FULL if args.full else QUICK
+    chosen = {f.name: getattr(args, f.name) for f in fields(Preset)}
+    try:
+        args.preset = replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    except ValueError as err:
+        p.error(str(err))
+    for f in fields(Preset):
+        setattr(args, f.name, getattr(args.preset, f.name))
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
-    markets = [m.strip() for m in args.markets.split(",") if m.strip()]
-    if bad := [m for m in markets if m not in TARGETS]:
+    args.market_list = [m.strip() for m in args.markets.split(",") if m.strip()]
+    if bad := [m for m in args.market_list if m not in TARGETS]:
         p.error(f"--markets: unknown {bad}; use {', '.join(TARGETS)}")
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
     if not args.compare or [c for c in args.compare if c not in SETTINGS]:
@@ -672,6 +762,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(
             f"--variants: unknown {unknown}; use all, kv, memory or labels from {list(VARIANTS)}"
         )
+    args.labels = labels
     args.seed_list = list(range(args.seeds))
     # (label, window) of every run: KV plans in each setting, the memory variant at equal W
     runs: list[tuple[str, int]] = []
@@ -685,11 +776,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs.append((MEMORY_LABEL, args.window))
         if REFERENCE in labels and (REFERENCE, args.window) not in runs:
             runs.append((REFERENCE, args.window))
-    runs = list(dict.fromkeys(runs))  # trained once when both settings give the same W
-    max_rf = max(VARIANTS[label][0].n_kv_layers * (w - 1) + 1 for label, w in runs)
+    args.runs = list(dict.fromkeys(runs))  # trained once when both settings give the same W
+    max_rf = max(VARIANTS[label][0].n_kv_layers * (w - 1) + 1 for label, w in args.runs)
     args.score_skip = max_rf - 1 if args.score_skip is None else args.score_skip
     if args.score_skip < max_rf - 1:
         p.error(f"--score-skip must be >= the largest receptive field - 1 = {max_rf - 1}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the ablation (or ``--merge`` earlier results), print and optionally write the docs.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``); see :func:`build_parser`.
+
+    Returns:
+        One dict per run (market, plan, seed, window, validation losses, sizes, timings).
+    """
+    args = parse_args(argv)
+    markets, labels, runs = args.market_list, args.labels, args.runs
     args.machine = machine()
     t0 = time.perf_counter()
     jobs = []

@@ -63,9 +63,51 @@ def test_ablation_runs_end_to_end_and_merges(tmp_path, monkeypatch, capsys) -> N
     out = capsys.readouterr().out
     assert "**Equal receptive field**" in out and "**Equal window**" in out
     assert "| echo ret |" in out and "| googl ret | googl vol |" in out
+    assert (
+        f"Command: `python -m experiments.studies.kv_sharing_ablation --markets echo {TINY[0]}"
+        in out
+    )
     doc = (tmp_path / "mlkv.md").read_text()
     assert abl.BEGIN in doc and "mlkv_ablation.png" in doc
     assert (tmp_path / "mlkv_ablation.png").stat().st_size > 0
+
+
+def n_runs(args) -> int:
+    """Runs a parsed command line trains: (plan, window) pairs x seeds x markets."""
+    return len(args.runs) * len(args.seed_list) * len(args.market_list)
+
+
+def test_no_arguments_run_the_quick_preset_that_still_asks_the_question() -> None:
+    args = abl.parse_args([])
+    assert not args.full and args.preset == abl.QUICK
+    assert (args.market_list, args.compare, args.seeds) == (["echo"], ["rf", "w"], 1)
+    assert (args.steps, args.real_steps) == (abl.QUICK.steps, abl.QUICK.real_steps)
+    # small: 9 runs (MHA, GQA and MQA have W 11 in both settings and train once) ...
+    assert n_runs(args) == 9
+    # ... that still cover all six plans on the echo market, on both sides of its lag
+    assert {label for label, _ in args.runs} == set(abl.PLANS)
+    fields = {abl.PLANS[label].n_kv_layers * (w - 1) + 1 for label, w in args.runs}
+    assert min(fields) < abl.ECHO["lag"] <= max(fields)
+    assert args.command == "python -m experiments.studies.kv_sharing_ablation"
+
+
+def test_full_restores_the_81_run_study_and_explicit_options_win() -> None:
+    args = abl.parse_args(["--full"])
+    assert args.preset == abl.FULL
+    assert args.market_list == ["echo", "eurusd", "googl"] and args.seeds == 3
+    assert n_runs(args) == 81
+    args = abl.parse_args(["--full", "--markets", "echo", "--seeds", "2", "--steps", "50"])
+    assert (args.market_list, args.seeds, args.steps) == (["echo"], 2, 50)
+    assert args.real_steps == abl.FULL.real_steps  # not given: from the preset
+    assert args.command.endswith("--full --markets echo --seeds 2 --steps 50")
+
+
+def test_presets_reject_sizes_below_one(capsys) -> None:
+    with pytest.raises(ValueError, match="--real-steps must be >= 1, got 0"):
+        abl.Preset(markets="echo", compare="rf", seeds=1, steps=1, real_steps=0)
+    with pytest.raises(SystemExit):
+        abl.parse_args(["--seeds", "0"])
+    assert "--seeds must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_clear(capsys) -> None:
