@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -127,6 +128,36 @@ def test_policy_plans_share_one_receptive_field_that_covers_the_lag() -> None:
         assert n_kv_layers * (window - 1) + 1 == 49 >= abl.ECHO["lag"]
 
 
+def policy_row(plan: str, reused: int) -> dict:
+    """A row as ``kv_sharing_policy.run_plan`` returns it (3 seeds), values made up."""
+    return {
+        "plan": plan, "window": 49, "receptive_field": 49, "kv_bytes_env": 3_136,
+        "train_s": [100.0, 110.0, 120.0], "label": "LEARNED", "rho": 0.2, "excess_total": 3.5,
+        "excess_p": 0.001, "timing_p": 0.0, "seed_share": 1.0,
+        "seed_mean_returns": [3.1, 3.2, 3.3], "wall_s": 400.0, "reused": reused,
+    }  # fmt: skip
+
+
+def test_policy_table_names_command_date_load_and_reused_runs() -> None:
+    args = argparse.Namespace(
+        config="echo_ppo.yaml", steps=65_536, n_bars=40_000, seed_list=[0, 1, 2], passes=20,
+        device="cpu", machine="a CPU, 2 cores", date="2026-01-02 03:04 UTC", load_start=1.5,
+        load_end=2.5, merge=None, wall_s=321.0,
+        command="python -m experiments.studies.kv_sharing_policy --seeds 3 --write-docs",
+    )  # fmt: skip
+    text = pol.markdown([policy_row("MHA", 0), policy_row("MLKV-1", 3)], args)
+    assert "3 training seeds per plan" in text
+    assert "Run 2026-01-02 03:04 UTC; load average (1 min) 1.5 at the start, 2.5 at the end" in text
+    assert "| MLKV-1 | 49 | 49 | 3,136 | 110 | **LEARNED** |" in text
+    assert "+3.100, +3.200, +3.300 |" in text
+    assert "wall time of this invocation 321 s (backtests; 3 of 6 runs were trained before" in text
+    assert (
+        "Command: `python -m experiments.studies.kv_sharing_policy --seeds 3 --write-docs`" in text
+    )
+    text = pol.markdown([policy_row("MHA", 0)], args)
+    assert "wall time (training + backtests) 321 s" in text
+
+
 @pytest.mark.slow
 def test_policy_study_trains_backtests_and_writes_docs(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(pol, "DOCS", tmp_path)
@@ -137,4 +168,6 @@ def test_policy_study_trains_backtests_and_writes_docs(tmp_path, monkeypatch) ->
     )  # fmt: skip
     assert rows[0]["label"] in {"LEARNED", "CONSISTENT-BUT-NO-EDGE", "RANDOM", "INCONCLUSIVE"}
     assert rows[0]["receptive_field"] == 49
-    assert pol.BEGIN in (tmp_path / "mlkv.md").read_text()
+    doc = (tmp_path / "mlkv.md").read_text()
+    assert pol.BEGIN in doc
+    assert "Command: `python -m experiments.studies.kv_sharing_policy --plans MLKV-1" in doc
