@@ -226,6 +226,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         elif args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     args.wall_s = time.perf_counter() - t0
+    if args.train_only:  # nothing to tabulate: no backtests ran
+        print(f"trained in {args.wall_s:.0f} s; run again without --train-only to backtest")
+        return rows
     args.load_end = os.getloadavg()[0]
     args.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.merge:
