@@ -397,14 +397,17 @@ def loss_stats(rows: list[dict], market: str, target: str) -> tuple[float, float
 
 
 def loss_cells(rows: list[dict], cols: list[tuple[str, str]], n_seeds: int) -> list[str]:
-    """``mean +- sd`` of the validation loss over seeds, one cell per market/target; a cell
-    with fewer than ``n_seeds`` seeds says how many it has (a study cut short)."""
+    """``mean +- sd`` of the validation loss over seeds, one cell per market/target (just the
+    loss when one seed ran: no spread); a cell with fewer than ``n_seeds`` seeds says how
+    many it has (a study cut short)."""
     cells = []
     for c in cols:
         m, s, n = loss_stats(rows, *c)
-        cells.append(
-            "not run" if n == 0 else f"{m:.4f} +- {s:.4f}" + (f" (n={n})" if n < n_seeds else "")
-        )
+        if n == 0:
+            cells.append("not run")
+            continue
+        spread = f" +- {s:.4f}" if n > 1 else ""
+        cells.append(f"{m:.4f}{spread}" + (f" (n={n})" if n < n_seeds else ""))
     return cells
 
 
@@ -426,7 +429,7 @@ def settings_line(args: argparse.Namespace, markets: list[str]) -> str:
         f"Settings: d_model {args.d_model}, {N_LAYERS} layers, {N_HEADS} query heads (head_dim "
         f"{head_dim}), rotary base {args.rope_base:g}, {args.steps_text} AdamW steps (peak lr "
         f"{args.lr}) of {args.batch} segments x "
-        f"{args.segment} bars (+ {ctx} bars of context), {len(args.seed_list)} seeds, device "
+        f"{args.segment} bars (+ {ctx} bars of context), {len(args.seed_list)} seed(s), device "
         f"{args.device}, {args.threads} torch thread(s) per process. Validation "
         "loss = MSE / MSE of the best training constant (ret: 0, vol: training mean), mean +- "
         "sd over seeds; 1.0 = no skill"

@@ -73,6 +73,17 @@ def test_ablation_runs_end_to_end_and_merges(tmp_path, monkeypatch, capsys) -> N
     assert (tmp_path / "mlkv_ablation.png").stat().st_size > 0
 
 
+def test_loss_cells_show_the_spread_only_when_there_is_one() -> None:
+    rows = [
+        {"market": "echo", "val": {"ret": 0.75}},
+        {"market": "echo", "val": {"ret": 0.77}},
+        {"market": "eurusd", "val": {"ret": 1.01, "vol": 0.93}},
+    ]
+    cols = [("echo", "ret"), ("eurusd", "vol"), ("googl", "ret")]
+    assert abl.loss_cells(rows, cols, 2) == ["0.7600 +- 0.0141", "0.9300 (n=1)", "not run"]
+    assert abl.loss_cells(rows[2:], [("eurusd", "vol")], 1) == ["0.9300"]
+
+
 def n_runs(args) -> int:
     """Runs a parsed command line trains: (plan, window) pairs x seeds x markets."""
     return len(args.runs) * len(args.seed_list) * len(args.market_list)
