@@ -17,11 +17,15 @@ evaluator's verdict (LEARNED / CONSISTENT-BUT-NO-EDGE / RANDOM / INCONCLUSIVE).
 
 Usage::
 
-    python -m experiments.studies.kv_sharing_policy --write-docs  # 9 runs, ~15 CPU-min
+    python -m experiments.studies.kv_sharing_policy --write-docs  # 9 runs, ~18 min (see below)
     python -m experiments.studies.kv_sharing_policy --steps 8192 --seeds 1 # a quick look
     python -m experiments.studies.kv_sharing_policy --device cuda --steps 196608
 
 ``--write-docs`` replaces the block between the policy markers in ``docs/mlkv.md``.
+
+Each run took 86-146 s of wall time on the shared 2-core CPU with two training processes
+side by side (``--train-only`` with ``--plans``/``--seed-list`` split between them; a
+later run without ``--train-only`` reuses the finished runs and only backtests, ~20 s).
 """
 
 from __future__ import annotations
