@@ -50,14 +50,15 @@ Two presets size a study (:class:`Preset`; options given explicitly override the
 
 * the **quick** default (:data:`QUICK`): the echo market, both settings, 1 seed, 150 steps,
   9 runs. It answers the question on the long-memory market (rf < 48 stays at 1.0, the
-  one-hop MLKV-1 at rf 91 reaches 0.761): **190 s of wall time** with ``--jobs 2`` on the
-  shared 2-core CPU (Intel Xeon, KVM guest) at a load average of 2.5-3.8;
+  one-hop MLKV-1 at rf 91 reaches 0.761). Measured with ``--jobs 2`` (the default) on the
+  shared 2-core CPU (Intel Xeon, KVM guest): **78 s of wall time** at a load average of
+  1.3-2.1, 190 s while other users kept it at 2.5-3.8;
 * ``--full`` (:data:`FULL`): echo, EURUSD and GOOGL, 3 seeds, 300 / 100 steps, 81 runs:
   the tables in ``docs/mlkv.md`` (roughly 25-30 minutes of wall time with ``--jobs 2``).
 
 Usage::
 
-    python -m experiments.studies.kv_sharing_ablation                # quick: 9 runs, ~3 min
+    python -m experiments.studies.kv_sharing_ablation                # quick: 9 runs, 1-3 min
     python -m experiments.studies.kv_sharing_ablation --full --write-docs        # 81 runs
     python -m experiments.studies.kv_sharing_ablation --markets echo --compare rf --seeds 5
     python -m experiments.studies.kv_sharing_ablation --full --device cuda --steps 2000 --jobs 1
@@ -160,7 +161,7 @@ class Preset:
 
 #: the no-argument run: both settings on the echo market, one seed, 150 steps. Its 9 runs
 #: (MHA, GQA and MQA have the same W in both settings) answer the question on the long-memory
-#: market in ~3 minutes on 2 CPU cores: rf < 48 stays at 1.0 and the one-hop MLKV-1 at
+#: market in 1-3 minutes on 2 CPU cores: rf < 48 stays at 1.0 and the one-hop MLKV-1 at
 #: rf 91 gets to ~0.76 (optimum 0.75). 150 steps suffice for that (seeds 0-2: 0.760-0.761),
 #: not for the multi-hop plans, which --full's 300 steps separate further
 QUICK = Preset(markets="echo", compare="rf,w", seeds=1, steps=150, real_steps=100)
