@@ -763,7 +763,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(str(err))
     for f in fields(Preset):
         setattr(args, f.name, getattr(args.preset, f.name))
-    torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
     args.market_list = [m.strip() for m in args.markets.split(",") if m.strip()]
@@ -810,6 +809,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         One dict per run (market, plan, seed, window, validation losses, sizes, timings).
     """
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     markets, labels, runs = args.market_list, args.labels, args.runs
     args.machine = machine()
     t0 = time.perf_counter()
