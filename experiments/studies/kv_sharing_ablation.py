@@ -15,7 +15,7 @@ history length a strategy needs. Every plan has the same width, depth and query 
 KV-cache bytes per environment are what the streaming ``KVCache`` holds: ``W`` bars x the
 per-token bytes (``cache_bytes(plan, head_dim, 1, W, fp32)``).
 
-Each run trains one predictor (3 seeds by default):
+Each run trains one predictor (1 seed in the quick preset, 3 with ``--full``):
 
 * features per bar (causal, scale-free): log return, log(high/open), log(low/open),
   log(close/open), each divided by an EWMA volatility known at the bar, and the clipped
@@ -46,13 +46,24 @@ read from 64^2 = 4,096, ~8.4k active vs 8.4k), and reports parameters, active pa
 and FLOPs per token, parameter and KV-cache memory, the validation loss and how evenly the
 value slots are read on the validation part (equal-window setting only).
 
+Two presets size a study (:class:`Preset`; options given explicitly override them):
+
+* the **quick** default (:data:`QUICK`): the echo market, both settings, 1 seed, 150 steps,
+  9 runs. It answers the question on the long-memory market (rf < 48 stays at 1.0, the
+  one-hop MLKV-1 at rf 91 reaches 0.761). Measured with ``--jobs 2`` (the default) on the
+  shared 2-core CPU (Intel Xeon, KVM guest): **78 s of wall time** at a load average of
+  1.3-2.1, 190 s while other users kept it at 2.5-3.8;
+* ``--full`` (:data:`FULL`): echo, EURUSD and GOOGL, 3 seeds, 300 / 100 steps, 81 runs:
+  the tables in ``docs/mlkv.md`` (roughly 25-30 minutes of wall time with ``--jobs 2``).
+
 Usage::
 
-    python -m experiments.studies.kv_sharing_ablation --write-docs   # 81 runs, ~25 CPU-min
+    python -m experiments.studies.kv_sharing_ablation                # quick: 9 runs, 1-3 min
+    python -m experiments.studies.kv_sharing_ablation --full --write-docs        # 81 runs
     python -m experiments.studies.kv_sharing_ablation --markets echo --compare rf --seeds 5
-    python -m experiments.studies.kv_sharing_ablation --device cuda --steps 2000 --jobs 1
-    python -m experiments.studies.kv_sharing_ablation --variants memory --markets ar1,eurusd \\
-        --compare w --window 8 --steps 80 --write-docs                       # PKM table
+    python -m experiments.studies.kv_sharing_ablation --full --device cuda --steps 2000 --jobs 1
+    python -m experiments.studies.kv_sharing_ablation --full --variants memory \\
+        --markets ar1,eurusd --compare w --window 8 --steps 80 --write-docs  # PKM table
 
 ``--write-docs`` replaces the block between the ablation markers in ``docs/mlkv.md`` (when
 every KV-sharing plan ran) and writes the plot to ``docs/mlkv_ablation.png``, and the block
@@ -65,9 +76,11 @@ import argparse
 import json
 import multiprocessing
 import platform
+import shlex
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +133,40 @@ SYNTHETIC = ("echo", "ar1")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 MEM_BEGIN, MEM_END = "<!-- memory-ablation:begin -->", "<!-- memory-ablation:end -->"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of the options that set a study's size; options given explicitly win."""
+
+    markets: str  # comma list of markets (keys of TARGETS)
+    compare: str  # "rf" (equal receptive field), "w" (equal window) or "rf,w"
+    seeds: int  # seeds per plan and market (seeds 0 .. seeds - 1)
+    steps: int  # optimiser steps per run on the synthetic markets (echo, ar1)
+    real_steps: int  # optimiser steps per run on the real markets (eurusd, googl)
+
+    def __post_init__(self) -> None:
+        for name in ("seeds", "steps", "real_steps"):
+            if getattr(self, name) < 1:
+                option = "--" + name.replace("_", "-")
+                raise ValueError(f"{option} must be >= 1, got {getattr(self, name)}")
+
+    def describe(self) -> str:
+        """The preset in one line, e.g. for ``--help``."""
+        return (
+            f"markets {self.markets}, compare {self.compare}, {self.seeds} seed(s), "
+            f"{self.steps} synthetic / {self.real_steps} real steps"
+        )
+
+
+#: the no-argument run: both settings on the echo market, one seed, 150 steps. Its 9 runs
+#: (MHA, GQA and MQA have the same W in both settings) answer the question on the long-memory
+#: market in 1-3 minutes on 2 CPU cores: rf < 48 stays at 1.0 and the one-hop MLKV-1 at
+#: rf 91 gets to ~0.76 (optimum 0.75). 150 steps suffice for that (seeds 0-2: 0.760-0.761),
+#: not for the multi-hop plans, which --full's 300 steps separate further
+QUICK = Preset(markets="echo", compare="rf,w", seeds=1, steps=150, real_steps=100)
+#: ``--full``: the study behind the tables in docs/mlkv.md, 3 markets x 9 runs x 3 seeds = 81
+FULL = Preset(markets="echo,eurusd,googl", compare="rf,w", seeds=3, steps=300, real_steps=100)
 
 
 # ---------------------------------------------------------------- data
@@ -363,14 +410,17 @@ def loss_stats(rows: list[dict], market: str, target: str) -> tuple[float, float
 
 
 def loss_cells(rows: list[dict], cols: list[tuple[str, str]], n_seeds: int) -> list[str]:
-    """``mean +- sd`` of the validation loss over seeds, one cell per market/target; a cell
-    with fewer than ``n_seeds`` seeds says how many it has (a study cut short)."""
+    """``mean +- sd`` of the validation loss over seeds, one cell per market/target (just the
+    loss when one seed ran: no spread); a cell with fewer than ``n_seeds`` seeds says how
+    many it has (a study cut short)."""
     cells = []
     for c in cols:
         m, s, n = loss_stats(rows, *c)
-        cells.append(
-            "not run" if n == 0 else f"{m:.4f} +- {s:.4f}" + (f" (n={n})" if n < n_seeds else "")
-        )
+        if n == 0:
+            cells.append("not run")
+            continue
+        spread = f" +- {s:.4f}" if n > 1 else ""
+        cells.append(f"{m:.4f}{spread}" + (f" (n={n})" if n < n_seeds else ""))
     return cells
 
 
@@ -392,7 +442,7 @@ def settings_line(args: argparse.Namespace, markets: list[str]) -> str:
         f"Settings: d_model {args.d_model}, {N_LAYERS} layers, {N_HEADS} query heads (head_dim "
         f"{head_dim}), rotary base {args.rope_base:g}, {args.steps_text} AdamW steps (peak lr "
         f"{args.lr}) of {args.batch} segments x "
-        f"{args.segment} bars (+ {ctx} bars of context), {len(args.seed_list)} seeds, device "
+        f"{args.segment} bars (+ {ctx} bars of context), {len(args.seed_list)} seed(s), device "
         f"{args.device}, {args.threads} torch thread(s) per process. Validation "
         "loss = MSE / MSE of the best training constant (ret: 0, vol: training mean), mean +- "
         "sd over seeds; 1.0 = no skill"
@@ -449,6 +499,8 @@ def markdown(results: list[dict], args: argparse.Namespace, markets: list[str]) 
         f"Total training time: {sum(r['train_s'] for r in results):.0f} s "
         f"({len(results)} runs); wall time {args.wall_s:.0f} s. Machine: {args.machine}.",
     ]
+    if command := getattr(args, "command", None):  # results files from before lack it
+        lines += ["", f"Command: `{command}`."]
     return "\n".join(lines)
 
 
@@ -555,7 +607,7 @@ def plot(groups: list[tuple[argparse.Namespace, list[dict]]], path: Path) -> Non
 #: arguments a results file's ``.meta`` keeps, to render it again with ``--merge``
 META = (
     "compare", "rf", "window", "phi", "seed_list", "batch", "segment", "context", "d_model",
-    "lr", "rope_base", "device", "threads", "score_skip", "machine", "wall_s",
+    "lr", "rope_base", "device", "threads", "score_skip", "machine", "wall_s", "command",
 )  # fmt: skip
 
 
@@ -596,15 +648,31 @@ def machine() -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; the :class:`Preset` options default to ``None`` (unset)."""
     p = argparse.ArgumentParser(
         description="KV-sharing ablation: params, KV-cache bytes and next-bar validation loss "
         "of MHA/GQA/MQA/CLA-2/MLKV plans at equal receptive field and at equal window, on a "
-        "long-memory synthetic market and on EURUSD/GOOGL (return and volatility targets).",
-        epilog="example: python -m experiments.studies.kv_sharing_ablation --jobs 2 --write-docs",
+        "long-memory synthetic market and on EURUSD/GOOGL (return and volatility targets). "
+        f"Without options it runs the quick preset ({QUICK.describe()}); --full runs the "
+        f"study behind docs/mlkv.md ({FULL.describe()}). Options given explicitly override "
+        "the preset.",
+        epilog="examples: python -m experiments.studies.kv_sharing_ablation  # quick;  "
+        "python -m experiments.studies.kv_sharing_ablation --full --jobs 2 --write-docs",
     )
     p.add_argument(
-        "--markets", default="echo,eurusd,googl", help=f"comma list of {', '.join(TARGETS)}"
+        "--full",
+        action="store_true",
+        help="the full study (the docs' tables) instead of the quick default preset",
+    )
+
+    def preset_help(text: str, name: str) -> str:
+        return f"{text} (quick: {getattr(QUICK, name)}; --full: {getattr(FULL, name)})"
+
+    p.add_argument(
+        "--markets",
+        default=None,
+        help=preset_help(f"comma list of {', '.join(TARGETS)}", "markets"),
     )
     p.add_argument(
         "--variants",
@@ -613,17 +681,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"comma list of labels: {', '.join(VARIANTS)}",
     )
     p.add_argument(
-        "--compare", default="rf,w", help="rf (equal receptive field), w (equal window) or both"
+        "--compare",
+        default=None,
+        help=preset_help("rf (equal receptive field), w (equal window) or both", "compare"),
     )
     p.add_argument("--rf", type=int, default=91, help="receptive field of the equal-rf setting")
     p.add_argument("--window", type=int, default=11, help="window W of the equal-W setting")
     p.add_argument("--phi", type=float, default=0.3, help="AR(1) coefficient of the ar1 market")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per plan and market")
     p.add_argument(
-        "--steps", type=int, default=300, help="optimiser steps per run on synthetic markets"
+        "--seeds", type=int, default=None, help=preset_help("seeds per plan and market", "seeds")
     )
     p.add_argument(
-        "--real-steps", type=int, default=100, help="optimiser steps per run on eurusd/googl"
+        "--steps",
+        type=int,
+        default=None,
+        help=preset_help("optimiser steps per run on synthetic markets", "steps"),
+    )
+    p.add_argument(
+        "--real-steps",
+        type=int,
+        default=None,
+        help=preset_help("optimiser steps per run on eurusd/googl", "real_steps"),
     )
     p.add_argument("--batch", type=int, default=8, help="segments per step")
     p.add_argument("--segment", type=int, default=64, help="scored bars per segment")
@@ -656,12 +734,39 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="train nothing: render (and --write-docs) the results of earlier --json files, "
         "e.g. one per market; pass the same --compare/--rf/--window as those runs",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; fill unset :class:`Preset` options from the preset.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The parsed options plus ``preset`` (the resolved :class:`Preset`), ``market_list``,
+        ``labels`` (variants), ``seed_list``, ``runs`` (``(label, window)`` of every run
+        per market and seed), ``score_skip`` and ``command`` (the command line, for the docs).
+
+    Raises:
+        SystemExit: with a message naming the option, for an invalid command line.
+    """
+    p = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args.command = shlex.join(["python", "-m", "experiments.studies.kv_sharing_ablation", *argv])
+    base = FULL if args.full else QUICK
+    chosen = {f.name: getattr(args, f.name) for f in fields(Preset)}
+    try:
+        args.preset = replace(base, **{k: v for k, v in chosen.items() if v is not None})
+    except ValueError as err:
+        p.error(str(err))
+    for f in fields(Preset):
+        setattr(args, f.name, getattr(args.preset, f.name))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
-    markets = [m.strip() for m in args.markets.split(",") if m.strip()]
-    if bad := [m for m in markets if m not in TARGETS]:
+    args.market_list = [m.strip() for m in args.markets.split(",") if m.strip()]
+    if bad := [m for m in args.market_list if m not in TARGETS]:
         p.error(f"--markets: unknown {bad}; use {', '.join(TARGETS)}")
     args.compare = [c.strip() for c in args.compare.split(",") if c.strip()]
     if not args.compare or [c for c in args.compare if c not in SETTINGS]:
@@ -672,6 +777,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error(
             f"--variants: unknown {unknown}; use all, kv, memory or labels from {list(VARIANTS)}"
         )
+    args.labels = labels
     args.seed_list = list(range(args.seeds))
     # (label, window) of every run: KV plans in each setting, the memory variant at equal W
     runs: list[tuple[str, int]] = []
@@ -685,11 +791,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         runs.append((MEMORY_LABEL, args.window))
         if REFERENCE in labels and (REFERENCE, args.window) not in runs:
             runs.append((REFERENCE, args.window))
-    runs = list(dict.fromkeys(runs))  # trained once when both settings give the same W
-    max_rf = max(VARIANTS[label][0].n_kv_layers * (w - 1) + 1 for label, w in runs)
+    args.runs = list(dict.fromkeys(runs))  # trained once when both settings give the same W
+    max_rf = max(VARIANTS[label][0].n_kv_layers * (w - 1) + 1 for label, w in args.runs)
     args.score_skip = max_rf - 1 if args.score_skip is None else args.score_skip
     if args.score_skip < max_rf - 1:
         p.error(f"--score-skip must be >= the largest receptive field - 1 = {max_rf - 1}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the ablation (or ``--merge`` earlier results), print and optionally write the docs.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``); see :func:`build_parser`.
+
+    Returns:
+        One dict per run (market, plan, seed, window, validation losses, sizes, timings).
+    """
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    markets, labels, runs = args.market_list, args.labels, args.runs
     args.machine = machine()
     t0 = time.perf_counter()
     jobs = []

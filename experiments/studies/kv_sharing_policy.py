@@ -17,17 +17,24 @@ evaluator's verdict (LEARNED / CONSISTENT-BUT-NO-EDGE / RANDOM / INCONCLUSIVE).
 
 Usage::
 
-    python -m experiments.studies.kv_sharing_policy --write-docs  # 9 runs, ~15 CPU-min
+    python -m experiments.studies.kv_sharing_policy --write-docs  # 9 runs, ~18 min (see below)
     python -m experiments.studies.kv_sharing_policy --steps 8192 --seeds 1 # a quick look
     python -m experiments.studies.kv_sharing_policy --device cuda --steps 196608
 
 ``--write-docs`` replaces the block between the policy markers in ``docs/mlkv.md``.
+
+Each run took 86-146 s of wall time on the shared 2-core CPU with two training processes
+side by side (``--train-only`` with ``--plans``/``--seed-list`` split between them; a
+later run without ``--train-only`` reuses the finished runs and only backtests, ~20 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -70,7 +77,7 @@ def run_plan(label: str, args: argparse.Namespace) -> dict:
     """Train ``args.seeds`` runs of one plan, backtest them together, return the row."""
     plan, window = PLANS[label]
     t_plan = time.perf_counter()
-    dirs, train_s = [], []
+    dirs, train_s, reused = [], [], 0
     for seed in args.seed_list:
         overrides = [
             f"seed={seed}",
@@ -87,6 +94,7 @@ def run_plan(label: str, args: argparse.Namespace) -> dict:
         if done is not None:  # trained before (e.g. by a parallel --train-only process)
             dirs.append(done)
             train_s.append(training_seconds(done))
+            reused += 1
             print(f"{label} seed {seed}: reusing {done} ({train_s[-1]:.0f} s)", flush=True)
             continue
         t0 = time.perf_counter()
@@ -118,6 +126,7 @@ def run_plan(label: str, args: argparse.Namespace) -> dict:
         "seed_mean_returns": [s["mean_pass_return"] for s in verdict["seeds"]],
         "backtest": str(outcome.json_path),
         "wall_s": time.perf_counter() - t_plan,
+        "reused": reused,
     }
 
 
@@ -126,7 +135,8 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"Settings: `{Path(args.config).name}` with `total_steps={args.steps}`, "
         f"`data.n_bars={args.n_bars}` (test split {int(args.n_bars * 0.15):,} bars), "
         f"{len(args.seed_list)} training seeds per plan, {args.passes} stochastic passes per run, "
-        f"device {args.device}. Machine: {args.machine}.",
+        f"device {args.device}. Machine: {args.machine}. Run {args.date}; load average "
+        f"(1 min) {args.load_start:.1f} at the start, {args.load_end:.1f} at the end.",
         "",
         "| plan | W | receptive field | KV bytes/env (fp32) | train s/run | verdict | rho | "
         "excess over B&H (p) | timing p | seeds decisive with edge | mean pass log return "
@@ -143,8 +153,22 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             + " |"
         )
     total = sum(sum(r["train_s"]) for r in rows)
-    wall = "" if args.merge else f"; wall time (training + backtests) {args.wall_s:.0f} s"
-    lines += ["", f"Total training time {total:.0f} s (wall, summed over runs){wall}."]
+    reused = sum(r.get("reused", 0) for r in rows)
+    if args.merge:
+        wall = ""
+    elif reused:
+        wall = (
+            f"; wall time of this invocation {args.wall_s:.0f} s (backtests; {reused} of "
+            f"{sum(len(r['train_s']) for r in rows)} runs were trained before and reused)"
+        )
+    else:
+        wall = f"; wall time (training + backtests) {args.wall_s:.0f} s"
+    lines += [
+        "",
+        f"Total training time {total:.0f} s (wall, summed over runs){wall}.",
+        "",
+        f"Command: `{args.command}`.",
+    ]
     return "\n".join(lines)
 
 
@@ -158,7 +182,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--plans", default=",".join(PLANS), help=f"comma list of {', '.join(PLANS)}")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per plan")
     p.add_argument(
-        "--seed-list", default=None, help="train only these seeds (comma list), e.g. with "
+        "--seed-list",
+        default=None,
+        help="train only these seeds (comma list), e.g. with "
         "--train-only in parallel processes; finished runs under --runs-root are reused",
     )
     p.add_argument("--train-only", action="store_true", help="train, do not backtest")
@@ -177,7 +203,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="train nothing: render (and --write-docs) the rows of earlier --json files, e.g. "
         "one per plan run in parallel; pass the same --steps/--n-bars/--seeds/--passes",
     )
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    args.command = shlex.join(["python", "-m", "experiments.studies.kv_sharing_policy", *argv])
     labels = [x.strip() for x in args.plans.split(",") if x.strip()]
     args.seed_list = (
         [int(x) for x in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
@@ -188,6 +216,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error("--device cuda: no CUDA device is available here; use --device cpu")
     torch.set_num_threads(args.threads)
     args.machine = machine()
+    args.load_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     rows: list[dict] = []
     if args.merge:
@@ -201,6 +230,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         elif args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
     args.wall_s = time.perf_counter() - t0
+    if args.train_only:  # nothing to tabulate: no backtests ran
+        print(f"trained in {args.wall_s:.0f} s; run again without --train-only to backtest")
+        return rows
+    args.load_end = os.getloadavg()[0]
+    args.date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.merge:
         args.wall_s = sum(r.get("wall_s", sum(r["train_s"])) for r in rows)
     text = markdown(rows, args)
