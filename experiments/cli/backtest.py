@@ -88,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="G",
         help="with a backend: split each run into G tasks by passes (very long test periods)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads of an in-process backtest (default 1: its steps are small "
+        "batched ops, which a second thread slows down unless a core sits idle)",
+    )
     p.add_argument("--no-progress", action="store_true", help="do not draw per-run progress")
     p.add_argument(
         "--seeds",
@@ -106,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     from experiments.sweeps.backends import Resources, make_backend
     from experiments.sweeps.manifest import expand_runs, parse_seeds
 
+    if args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}.")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     request = BacktestRequest(
         runs=tuple(expand_runs(args.runs, seeds)),
@@ -121,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         bars_per_year=args.bars_per_year,
     )
     if args.backend is None and args.workers is None and args.ray_address is None:
+        import torch
+
+        torch.set_num_threads(args.threads)
         backtest_runs(request, show_progress=not args.no_progress)
         return 0
     if args.retries < 0:

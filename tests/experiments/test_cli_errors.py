@@ -18,6 +18,7 @@ from experiments.demo import CONFIGS
         (["train", "--config", str(CONFIGS / "ar1_ppo.yaml"), "--set", "env.windw=3"],
          "env.windw: unknown key"),
         (["report", "missing.json"], "missing.json: no such backtest file"),
+        (["backtest", "no/such/run", "--threads", "0"], "--threads must be >= 1, got 0"),
     ],
 )
 def test_user_error_is_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path,
