@@ -328,6 +328,19 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
             dim=-1,
         )
 
+    def encode_samples(
+        self,
+        features: th.Tensor,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        context: int | None = None,
+    ) -> th.Tensor:
+        """:meth:`MLKVExtractor.encode_samples` for every extractor: ``[M, encoding_dim]``."""
+        return th.cat(
+            [e.encode_samples(features, starts, lengths, context) for e in self._extractors()],
+            dim=-1,
+        )
+
     def heads_from_encoded(
         self, encoded: th.Tensor, account: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -446,12 +459,12 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         """Values ``[M, 1]``, log-probs ``[M]`` and entropies ``[M]`` of ``actions``.
 
         ``obs`` is an SB3 observation dict (one window per sample) or a :class:`SegmentObs`
-        (one ``encode_series`` pass over the minibatch's spans packed end to end, see
-        :meth:`encode_packed`; same result).
+        (one ``encode_series`` pass over the minibatch's spans, see :meth:`encode_samples`;
+        same result).
         """
         if not isinstance(obs, SegmentObs):
             return super().evaluate_actions(obs, actions)
-        encoded = self.encode_packed(obs.features, obs.starts, obs.lengths, obs.context)  # [M, D]
+        encoded = self.encode_samples(obs.features, obs.starts, obs.lengths, obs.context)
         mean, log_sigma, values = self.heads_from_encoded(encoded, obs.account)
         distribution = self.distribution(mean, log_sigma)
         return values[:, None], distribution.log_prob(actions), distribution.entropy()
