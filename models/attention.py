@@ -100,11 +100,12 @@ def block_attention(
         q: ``[B, Hkv, nb, G*W, Dh]`` rotated queries, ``G`` heads folded into the query axis.
         k2: ``[B, Hkv, nb, 2W, Dh]`` rotated keys from :func:`kv_blocks`.
         v2: ``[B, Hkv, nb, 2W, Dh]`` values from :func:`kv_blocks`.
-        band: ``[G*W, 2W]`` bool from :func:`band_mask`.
+        band: ``[G*W, 2W]`` bool from :func:`band_mask` (True = allowed), or the same as
+            an additive float mask (0 = allowed, -inf = masked) in the dtype of ``q``.
         chunk_blocks: blocks per attention call (bounds the score memory to
             ``B * Hkv * chunk_blocks * G*W * 2W`` elements).
         dropout_p: attention dropout probability (training only).
-        first: ``[G*W, 2W]`` bool mask of block 0 (``band`` itself: block 0 has a whole
+        first: ``[G*W, 2W]`` mask of block 0, of ``band``'s kind (``band`` itself: block 0 has a whole
             previous block of real keys). ``None``: block 0 has no previous block, its first
             ``W`` keys are padding (:func:`kv_blocks` of a series that starts at bar 0).
 
@@ -115,7 +116,7 @@ def block_attention(
     W = k2.shape[3] // 2
     if first is None:  # block 0 has no previous block: its first W keys are padding
         first = band.clone()
-        first[:, :W] = False  # [G*W, 2W]
+        first[:, :W] = False if band.dtype == torch.bool else float("-inf")  # [G*W, 2W]
     outs = []
     for b0 in range(0, nb, chunk_blocks):
         b1 = min(nb, b0 + chunk_blocks)
@@ -208,7 +209,11 @@ class SeriesState:
         self.sin2 = torch.cat((-sin, sin), dim=-1)  # [P, Dh]
         self.window = window
         self.chunk_blocks = chunk_blocks
-        self.band = band_mask(window, group, device=cos.device)  # [G*W, 2W]
+        band = band_mask(window, group, device=cos.device)  # [G*W, 2W]
+        # additive float masks: SDPA would convert a bool mask in every call, forward and back
+        self.band = torch.zeros(band.shape, dtype=cos.dtype, device=band.device).masked_fill_(
+            ~band, float("-inf")
+        )  # [G*W, 2W]: 0 where attention is allowed, -inf elsewhere
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # owner: k, v, start
         self._blocks: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._first: dict[int, torch.Tensor] = {}
@@ -220,8 +225,7 @@ class SeriesState:
         cos = self.cos2[start : start + n].view(shape)  # [n, 1.., Dh]
         sin = self.sin2[start : start + n].view(shape)  # [n, 1.., Dh]
         x = x.to(torch.promote_types(x.dtype, cos.dtype))  # fp32 even under bf16 autocast
-        swapped = x.unflatten(-1, (2, Dh // 2)).flip(-2).flatten(-2)  # [x2, x1]
-        return x * cos + swapped * sin
+        return x * cos + x.roll(Dh // 2, -1) * sin  # roll: [x1, x2] -> [x2, x1]
 
     def kv_blocks(
         self, source: int, start: int, nb: int, dtype: torch.dtype
@@ -248,7 +252,7 @@ class SeriesState:
         return self._blocks[key]
 
     def first_mask(self, start: int) -> torch.Tensor:
-        """``[G*W, 2W]`` mask of query block 0 when queries start at position ``start``.
+        """``[G*W, 2W]`` additive mask of query block 0 when queries start at ``start``.
 
         Its previous block holds positions ``start - W .. start - 1``; those below 0 are
         padding. ``band`` itself when there are none (``start >= W``).
@@ -257,8 +261,8 @@ class SeriesState:
         if start >= W:
             return self.band
         if start not in self._first:
-            real = torch.arange(2 * W, device=self.band.device) >= W - start  # [2W]
-            self._first[start] = self.band & real  # [G*W, 2W]
+            pad = torch.arange(2 * W, device=self.band.device) < W - start  # [2W]
+            self._first[start] = self.band.masked_fill(pad, float("-inf"))  # [G*W, 2W]
         return self._first[start]
 
     def release(self, source: int) -> None:
