@@ -193,6 +193,7 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
             **kwargs,
         )
         self._last_log_sigma: th.Tensor | None = None
+        self._flat_grad: th.Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     def _build(self, lr_schedule: Schedule) -> None:
@@ -234,6 +235,46 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         if self.share_features_extractor:
             return [self.features_extractor]
         return [self.pi_features_extractor, self.vf_features_extractor]
+
+    # ------------------------------------------------------------------ gradients
+    def flat_grads(self) -> th.Tensor | None:
+        """One ``[P]`` buffer that holds the gradient of every trainable parameter.
+
+        Each ``p.grad`` becomes a view of a slice of it (current gradients are copied in,
+        missing ones are zeros), so that zeroing, the norm and clipping of all gradients are
+        one op each instead of one per parameter tensor (~130 here). Autograd accumulates
+        into existing gradients in place, so the views survive ``backward``; zero them with
+        ``flat.zero_()``. Made again if any gradient was replaced since (e.g. by
+        ``optimizer.zero_grad()``, which sets them to ``None``). ``None`` when the
+        parameters do not share one device and dtype.
+
+        Returns:
+            ``[P]`` with ``P`` the number of trainable parameter elements, or ``None``.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params or len({(p.device, p.dtype) for p in params}) > 1:
+            return None
+        flat = self._flat_grad
+        if flat is not None and flat.numel() == sum(p.numel() for p in params):
+            offset, intact = 0, True
+            for p in params:
+                if p.grad is None or p.grad.data_ptr() != flat[offset:].data_ptr():
+                    intact = False
+                    break
+                offset += p.numel()
+            if intact:
+                return flat
+        flat = th.zeros(sum(p.numel() for p in params), device=params[0].device,
+                        dtype=params[0].dtype)
+        offset = 0
+        for p in params:
+            view = flat[offset : offset + p.numel()].view_as(p)
+            if p.grad is not None:
+                view.copy_(p.grad)
+            p.grad = view
+            offset += p.numel()
+        self._flat_grad = flat
+        return flat
 
     # ------------------------------------------------------------------ distribution
     def log_sigma(self, latent_pi: th.Tensor) -> th.Tensor:

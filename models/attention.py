@@ -105,9 +105,10 @@ def block_attention(
         chunk_blocks: blocks per attention call (bounds the score memory to
             ``B * Hkv * chunk_blocks * G*W * 2W`` elements).
         dropout_p: attention dropout probability (training only).
-        first: ``[G*W, 2W]`` mask of block 0, of ``band``'s kind (``band`` itself: block 0 has a whole
-            previous block of real keys). ``None``: block 0 has no previous block, its first
-            ``W`` keys are padding (:func:`kv_blocks` of a series that starts at bar 0).
+        first: ``[G*W, 2W]`` mask of block 0, of ``band``'s kind (``band`` itself: block 0
+            has a whole previous block of real keys). ``None``: block 0 has no previous
+            block, its first ``W`` keys are padding (:func:`kv_blocks` of a series that
+            starts at bar 0).
 
     Returns:
         ``[B, Hkv, nb, G*W, Dh]`` attention outputs.
