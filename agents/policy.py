@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from models import EncoderConfig
 
 from .extractor import ACCOUNT_KEY, CANDLES_KEY, MLKVExtractor, encoder_spec, resolve_encoder_config
+from .optim import FlatAdam
 
 __all__ = ["LOG_STD_RANGE", "MLKVActorCriticPolicy", "SegmentObs"]
 
@@ -164,9 +165,11 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
                 f"inside log_std_range = ({lo}, {hi})."
             )
         self.log_std_range = (lo, hi)
-        if kwargs.get("optimizer_class", th.optim.Adam) is th.optim.Adam:
+        if kwargs.get("optimizer_class", th.optim.Adam) in (th.optim.Adam, FlatAdam):
             # SB3's default eps, and the fused Adam kernel (one op per step for all
-            # parameters instead of ~10 per parameter; the same update up to rounding)
+            # parameters instead of ~10 per parameter; the same update up to rounding),
+            # stepping all parameters as one flat tensor (FlatAdam: Adam's state dict)
+            kwargs["optimizer_class"] = FlatAdam
             given = kwargs.get("optimizer_kwargs")
             opt = {"eps": 1e-5} if given is None else dict(given)
             if "fused" not in opt and "foreach" not in opt:

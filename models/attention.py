@@ -159,7 +159,9 @@ def token_region(x: torch.Tensor, x_start: int, start: int, length: int) -> torc
 
     Positions that ``x`` does not hold (before ``x_start`` or past its end) are zeros: they
     are padding that attention masks (before) or that causality keeps out of every real
-    token (after). No copy when the region is all of ``x``, a view when it lies inside.
+    token (after). No copy when the region is all of ``x``; otherwise contiguous (a bf16
+    matmul on a strided view rounds differently from one on the same rows stored
+    contiguously, which would make a trimmed pass differ from a whole one under bf16).
 
     Args:
         x: ``[B, n, ...]``, tokens ``x_start .. x_start + n - 1``.
@@ -174,7 +176,7 @@ def token_region(x: torch.Tensor, x_start: int, start: int, length: int) -> torc
     lo, hi = start - x_start, start - x_start + length
     if lo == 0 and hi == n:
         return x
-    out = x[:, max(lo, 0) : min(hi, n)]
+    out = x[:, max(lo, 0) : min(hi, n)].contiguous()
     left, right = max(-lo, 0), max(hi - n, 0)
     if left or right:
         out = F.pad(out, (0, 0) * (x.dim() - 2) + (left, right))  # zeros on the token axis

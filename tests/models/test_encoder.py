@@ -148,6 +148,22 @@ def test_outputs_from_skips_tokens_and_fails_when_it_skips_one_too_many(make_enc
             monkeypatch.undo()
 
 
+def test_outputs_from_rounds_like_the_whole_pass_under_bf16():
+    """Under bf16 autocast the trimmed pass gives the whole pass's rows: its matmuls see
+    contiguous rows, as the whole pass's do (a strided view of them rounds differently)."""
+    cfg = EncoderConfig(5, 32, KVSharingPlan.mlkv(3, 4, 2, 2), window=4, autocast_bf16=True)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        enc = MLKVEncoder(cfg)
+        with torch.no_grad():
+            for p in enc.parameters():  # sharp weights: a rounding difference would show
+                p.add_(0.2 * torch.randn_like(p))
+            x = torch.randn(3, 30, 5)
+            c = enc.receptive_field - 1
+            torch.testing.assert_close(enc.encode_series(x, outputs_from=c),
+                                       enc.encode_series(x)[:, c:], atol=1e-6, rtol=0)
+
+
 def test_outputs_from_is_checked(make_encoder):
     enc = make_encoder(KVSharingPlan.mha(2, 2), 3)
     with pytest.raises(ValueError, match="outputs_from must be in"):
