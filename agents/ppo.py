@@ -15,10 +15,18 @@ F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
 * **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
   trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
   reset). The minibatch's segments, each preceded by exactly ``receptive_field - 1`` bars
-  of context, are packed end to end into one series and encoded in one ``encode_series``
-  pass under autograd (:meth:`~agents.MLKVActorCriticPolicy.encode_packed`), so a bar
-  costs about ``1 + (receptive_field - 1) / segment_len`` tokens per epoch instead of
-  ``T``. Losses and gradients equal those of the window path on the same minibatch.
+  of context, are encoded in one ``encode_series`` pass under autograd
+  (:meth:`~agents.MLKVActorCriticPolicy.encode_samples`): one row per segment with the
+  context computed only as far as the segment depends on it (a layer in KV group ``g`` of
+  ``n`` needs ``(n - 1 - g) * (W - 1)`` context bars: 30 / 15 / 0 with the reference plan
+  at ``W = 16``, instead of 45 in every layer), or, for many segments of unequal length,
+  packed end to end, whichever computes fewer tokens. A bar costs about ``1 +
+  (receptive_field - 1) / segment_len`` tokens per epoch at most instead of ``T``. Losses
+  and gradients equal those of the window path on the same minibatch (float rounding
+  aside). The gradients live in one flat buffer
+  (:meth:`~agents.MLKVActorCriticPolicy.flat_grads`) and the optimiser is
+  :class:`~agents.FlatAdam`, so zeroing, grad-norm clipping and the Adam step are a few
+  ops on one tensor instead of a loop over ~130 parameter tensors.
 
 **What differs from SB3's PPO** (fast update only; ``fast_update=False`` is SB3's update
 sample for sample):
@@ -37,11 +45,15 @@ sample for sample):
    formula). With segment minibatches, per-minibatch statistics would come from a few
    correlated trajectories and cancel their common trend (a minibatch whose segments all
    did well would be pushed half up, half down).
-3. *Optimiser.* :class:`~agents.MLKVActorCriticPolicy` defaults to the fused Adam kernel
-   (``fused=True``; same update up to rounding), with SB3's ``eps=1e-5``.
+3. *Optimiser.* :class:`~agents.MLKVActorCriticPolicy` defaults to
+   :class:`~agents.FlatAdam` with the fused Adam kernel (``fused=True``; Adam's update and
+   state dict, stepped as one flat tensor; same update up to rounding), with SB3's
+   ``eps=1e-5``.
 
 Everything else (clipped surrogate, value loss, entropy, grad-norm clipping, ``target_kl``
-early stop, logging) is SB3's ``PPO.train`` unchanged.
+early stop, logging) is SB3's ``PPO.train``: the fast update runs a copy of its loop
+(``MLKVPPO._train_segments``) whose only change is that zeroing and clipping act on the flat
+gradient buffer (the same formula; tested equal to ``PPO.train`` on the same minibatches).
 
 With an env that lacks ``features``/``bar_index`` (or whose observations are not plain
 slices of ``features``, e.g. under ``VecNormalize``), it warns once and runs SB3's own
