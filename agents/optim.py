@@ -40,6 +40,7 @@ class FlatAdam(th.optim.Adam):
         super().__init__(params, **kwargs)
         self._kwargs = kwargs
         self._flat: tuple[th.Tensor, th.Tensor, th.optim.Adam] | None = None  # data, grad, inner
+        self._expected: list[tuple[int, int]] = []  # _addresses() after the last flat step
 
     @th.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
@@ -78,6 +79,9 @@ class FlatAdam(th.optim.Adam):
         params = self._params()
         if not params or any(p.grad is None for p in params):
             return None
+        flat = self._flat
+        if flat is not None and self._addresses(params) == self._expected:
+            return flat[1]  # the buffers flat holds alive are where they were: still views
         base = params[0].grad._base
         if base is None or base.dim() != 1 or not base.is_contiguous():
             return None
@@ -93,11 +97,21 @@ class FlatAdam(th.optim.Adam):
             offset += p.numel()
         return base
 
+    @staticmethod
+    def _addresses(params: list[th.Tensor]) -> list[tuple[int, int]]:
+        """``(data, grad)`` addresses of every parameter: a cheap per-step check that nothing
+        moved (both buffers are held alive by the flat step, so no other tensor can sit at
+        those addresses)."""
+        return [(p.data_ptr(), p.grad.data_ptr()) for p in params]  # type: ignore[union-attr]
+
     def _inner(self, grads: th.Tensor) -> th.optim.Adam:
         """The Adam over the flat parameter buffer (made, or remade if anything moved)."""
         params = self._params()
         flat = self._flat
-        if flat is not None and flat[1] is grads and _are_views(params, flat[0]):
+        if flat is not None and flat[1] is grads and (
+            self._addresses(params) == self._expected or _are_views(params, flat[0])
+        ):
+            self._expected = self._addresses(params)
             return flat[2]
         self._sync_state()
         data = th.cat([p.detach().reshape(-1) for p in params])  # [P]
@@ -121,6 +135,7 @@ class FlatAdam(th.optim.Adam):
                     state[key] = th.cat([s[key].reshape(-1) for s in states]).to(data)
             inner.state[flat_param] = state
         self._flat = (data, grads, inner)
+        self._expected = self._addresses(params)
         return inner
 
     def _sync_state(self) -> None:
