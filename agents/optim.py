@@ -45,16 +45,16 @@ class FlatAdam(th.optim.Adam):
     @th.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         """One Adam step of every parameter (flat when possible, see the class doc)."""
-        grads = self._flat_grads()
-        if grads is None:
-            self._sync_state()
-            self._flat = None
-            return super().step(closure)
         loss = None
         if closure is not None:
             with th.enable_grad():
                 loss = closure()
-        inner = self._inner(grads)
+        inner = self._ready_inner()
+        if inner is None:
+            self._sync_state()
+            self._flat = None
+            super().step()
+            return loss
         group = self.param_groups[0]
         inner.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
         inner.step()
@@ -74,14 +74,18 @@ class FlatAdam(th.optim.Adam):
     def _params(self) -> list[th.Tensor]:
         return list(self.param_groups[0]["params"]) if len(self.param_groups) == 1 else []
 
-    def _flat_grads(self) -> th.Tensor | None:
-        """The ``[P]`` buffer whose consecutive slices are the gradients, or ``None``."""
+    def _ready_inner(self) -> th.optim.Adam | None:
+        """The Adam over the flat buffers if this step can run flat, else ``None``."""
         params = self._params()
         if not params or any(p.grad is None for p in params):
             return None
-        flat = self._flat
-        if flat is not None and self._addresses(params) == self._expected:
-            return flat[1]  # the buffers flat holds alive are where they were: still views
+        if self._flat is not None and self._addresses(params) == self._expected:
+            return self._flat[2]  # nothing moved since the last flat step
+        grads = self._flat_grads(params)
+        return None if grads is None else self._inner(params, grads)
+
+    def _flat_grads(self, params: list[th.Tensor]) -> th.Tensor | None:
+        """The ``[P]`` buffer whose consecutive slices are the gradients, or ``None``."""
         base = params[0].grad._base
         if base is None or base.dim() != 1 or not base.is_contiguous():
             return None
@@ -104,13 +108,10 @@ class FlatAdam(th.optim.Adam):
         those addresses)."""
         return [(p.data_ptr(), p.grad.data_ptr()) for p in params]  # type: ignore[union-attr]
 
-    def _inner(self, grads: th.Tensor) -> th.optim.Adam:
+    def _inner(self, params: list[th.Tensor], grads: th.Tensor) -> th.optim.Adam:
         """The Adam over the flat parameter buffer (made, or remade if anything moved)."""
-        params = self._params()
         flat = self._flat
-        if flat is not None and flat[1] is grads and (
-            self._addresses(params) == self._expected or _are_views(params, flat[0])
-        ):
+        if flat is not None and flat[1] is grads and _are_views(params, flat[0]):
             self._expected = self._addresses(params)
             return flat[2]
         self._sync_state()

@@ -98,3 +98,20 @@ def test_scattered_gradients_take_adams_own_step() -> None:
     assert opt._flat is not None
     for a, b in zip(ref.parameters(), model.parameters(), strict=True):
         assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+def test_a_moved_parameter_is_noticed_and_the_flat_buffer_remade() -> None:
+    """A parameter whose data was replaced (e.g. by ``module.to``) is not stepped stale."""
+    ref, model = net(), net()
+    opt_ref = th.optim.Adam(ref.parameters(), lr=1e-2, fused=True)
+    opt = FlatAdam(model.parameters(), lr=1e-2, fused=True)
+    train(ref, opt_ref, 2, flat=False)
+    train(model, opt, 2, flat=True)
+    first = opt._flat
+    moved = next(model.parameters())
+    moved.data = moved.data.clone()  # no longer a view of the flat buffer
+    train(ref, opt_ref, 2, flat=False, seed=2)
+    train(model, opt, 2, flat=True, seed=2)
+    assert opt._flat is not first
+    for a, b in zip(ref.parameters(), model.parameters(), strict=True):
+        assert_close(a, b, atol=1e-7, rtol=1e-6)
