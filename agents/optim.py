@@ -143,11 +143,8 @@ class FlatAdam(th.optim.Adam):
         """Write the flat moments back into Adam's per-parameter state (views, no copy)."""
         if self._flat is None:
             return
-        data, _, inner = self._flat
-        params = self._params()
-        if not _are_views(params, data):
-            self._flat = None
-            return
+        _, _, inner = self._flat
+        params = self._params()  # the moments are by offset: valid even if a parameter moved
         flat_state = next(iter(inner.state.values()), None)
         if not flat_state:
             return
