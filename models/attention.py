@@ -40,6 +40,7 @@ __all__ = [
     "SharedKVAttention",
     "band_mask",
     "block_attention",
+    "first_chunk_mask",
     "kv_blocks",
     "step_attention",
     "token_region",
@@ -85,6 +86,13 @@ def kv_blocks(x: torch.Tensor, window: int) -> torch.Tensor:
     return torch.cat((x[:, :, :-1], x[:, :, 1:]), dim=3)  # [B, Hkv, nb, 2W, Dh]
 
 
+def first_chunk_mask(band: torch.Tensor, first: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``[1, blocks, G*W, 2W]``: ``first`` for block 0, ``band`` for the others."""
+    GW, W2 = band.shape
+    rest = band.expand(1, blocks - 1, GW, W2)  # [1, blocks-1, G*W, 2W]
+    return torch.cat((first.expand(1, 1, GW, W2), rest), dim=1)  # [1, blocks, G*W, 2W]
+
+
 def block_attention(
     q: torch.Tensor,
     k2: torch.Tensor,
@@ -106,9 +114,10 @@ def block_attention(
             ``B * Hkv * chunk_blocks * G*W * 2W`` elements).
         dropout_p: attention dropout probability (training only).
         first: ``[G*W, 2W]`` mask of block 0, of ``band``'s kind (``band`` itself: block 0
-            has a whole previous block of real keys). ``None``: block 0 has no previous
-            block, its first ``W`` keys are padding (:func:`kv_blocks` of a series that
-            starts at bar 0).
+            has a whole previous block of real keys), or already the mask of the first
+            chunk, ``[1, min(nb, chunk_blocks), G*W, 2W]`` (:func:`first_chunk_mask`).
+            ``None``: block 0 has no previous block, its first ``W`` keys are padding
+            (:func:`kv_blocks` of a series that starts at bar 0).
 
     Returns:
         ``[B, Hkv, nb, G*W, Dh]`` attention outputs.
@@ -123,8 +132,7 @@ def block_attention(
         b1 = min(nb, b0 + chunk_blocks)
         mask = band  # [G*W, 2W], the same for every block
         if b0 == 0 and first is not band:  # 4-D (not 3-D) masks keep SDPA on its fused kernel
-            rest = band.expand(1, b1 - b0 - 1, GW, 2 * W)  # [1, nbc-1, G*W, 2W]
-            mask = torch.cat((first.expand(1, 1, GW, 2 * W), rest), dim=1)  # [1, nbc, G*W, 2W]
+            mask = first if first.dim() == 4 else first_chunk_mask(band, first, b1 - b0)
         # 4-D views (blocks in the "heads" slot) let SDPA pick its fused kernels
         qc = q[:, :, b0:b1].reshape(B * Hkv, b1 - b0, GW, Dh)  # [B*Hkv, nbc, G*W, Dh]
         kc = k2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
@@ -219,7 +227,7 @@ class SeriesState:
         )  # [G*W, 2W]: 0 where attention is allowed, -inf elsewhere
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # owner: k, v, start
         self._blocks: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._first: dict[int, torch.Tensor] = {}
+        self._first: dict[tuple[int, int], torch.Tensor] = {}
 
     def rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """Rotate queries or keys of positions ``start ..``: ``[B, n, *heads, Dh]`` (float32+)."""
@@ -254,19 +262,23 @@ class SeriesState:
             self._blocks[key] = (pair[0], pair[1])  # [B, Hkv, nb, 2W, Dh] each
         return self._blocks[key]
 
-    def first_mask(self, start: int) -> torch.Tensor:
-        """``[G*W, 2W]`` additive mask of query block 0 when queries start at ``start``.
+    def first_mask(self, start: int, nb: int) -> torch.Tensor:
+        """Mask of the first attention chunk when ``nb`` query blocks start at ``start``.
 
-        Its previous block holds positions ``start - W .. start - 1``; those below 0 are
-        padding. ``band`` itself when there are none (``start >= W``).
+        Block 0's previous block holds positions ``start - W .. start - 1``; those below 0
+        are padding. ``band`` itself when there are none (``start >= W``), else the
+        ``[1, min(nb, chunk_blocks), G*W, 2W]`` mask of :func:`first_chunk_mask` (made once
+        per pass).
         """
         W = self.window
         if start >= W:
             return self.band
-        if start not in self._first:
+        key = (start, min(nb, self.chunk_blocks))
+        if key not in self._first:
             pad = torch.arange(2 * W, device=self.band.device) < W - start  # [2W]
-            self._first[start] = self.band.masked_fill(pad, float("-inf"))  # [G*W, 2W]
-        return self._first[start]
+            first = self.band.masked_fill(pad, float("-inf"))  # [G*W, 2W]
+            self._first[key] = first_chunk_mask(self.band, first, key[1])
+        return self._first[key]
 
     def release(self, source: int) -> None:
         """Free ``source``'s K/V (after its last reader)."""
@@ -358,7 +370,7 @@ class SharedKVAttention(nn.Module):
             state.band,
             state.chunk_blocks,
             self.dropout if self.training else 0.0,
-            first=state.first_mask(q_start),
+            first=state.first_mask(q_start, nb),
         )  # [B, Hkv, nb, G*W, Dh]
         y = y.view(B, Hkv, nb, G, W, Dh).permute(0, 2, 4, 1, 3, 5)  # [B, nb, W, Hkv, G, Dh]
         return self.out_proj(y.reshape(B, q_len, Hkv * G * Dh))  # [B, q_len, D]

@@ -225,6 +225,10 @@ class EncoderConfig:
         return cls(**spec)
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``.
 
@@ -286,10 +290,11 @@ class Block(nn.Module):
             ``[B, q_len, D]``.
         """
         a = self.attn.series(self.norm1(h), h_start, q_start, q_len, state)  # [B, q_len, D]
-        h = token_region(h, h_start, q_start, q_len) + self.drop(a)
+        drop = self.drop if self.drop.p > 0 else _identity  # p = 0: skip the module call
+        h = token_region(h, h_start, q_start, q_len) + drop(a)
         if self.memory is None:
-            return h + self.drop(self.mlp(self.norm2(h)))
-        return h + self.drop(self.memory(self.norm2(h), counted=valid))
+            return h + drop(self.mlp(self.norm2(h)))
+        return h + drop(self.memory(self.norm2(h), counted=valid))
 
     def step(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
         """``[B, D] -> [B, D]``; ``attn_args`` as in :meth:`SharedKVAttention.step`."""
