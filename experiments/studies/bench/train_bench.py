@@ -16,9 +16,7 @@ reported):
   samples per update, minibatch 64, 10 epochs (``10 / 64`` gradient steps per sample, as
   both SB3 setups);
 * **ours, shipped**: the same with ``eurusd_ppo.yaml`` as it is (8 x 512 samples, minibatch
-  256, 4 epochs: ``4 / 256`` gradient steps per sample, 10x fewer);
-* with ``--gelu-erf``, **ours, equal work, gelu erf**: the equal-work setup with
-  ``model.gelu: erf`` (the exact GELU: the same parameters, a slightly different model).
+  256, 4 epochs: ``4 / 256`` gradient steps per sample, 10x fewer).
 
 Each figure counts the whole ``learn`` call (rollouts + updates). Reported per setup: FPS
 (env steps / wall s), CPU FPS (env steps / CPU s of this process: with ``threads = 1`` this
@@ -136,9 +134,8 @@ def peer_run(total: int, window: int = 128) -> Run:
     return timed_learn(m, total)
 
 
-def ours_run(total: int, equal_work: bool, device: str = "cpu", gelu: str | None = None) -> Run:
-    """MLKVPPO on MarketReplayVecEnv from eurusd_ppo.yaml; ``equal_work``: SB3's PPO work;
-    ``gelu``: override ``model.gelu`` (``"erf"``: the exact GELU, a different model)."""
+def ours_run(total: int, equal_work: bool, device: str = "cpu") -> Run:
+    """MLKVPPO on MarketReplayVecEnv from eurusd_ppo.yaml; ``equal_work``: SB3's PPO work."""
     from experiments.config import load_config
     from experiments.factory import build_agent, load_split, make_venv
 
@@ -146,8 +143,6 @@ def ours_run(total: int, equal_work: bool, device: str = "cpu", gelu: str | None
     if equal_work:  # 2,048 samples per update, minibatch 64, 10 epochs
         ppo = replace(cfg.ppo, n_steps=2048 // cfg.n_envs, batch_size=64, n_epochs=10)
         cfg = replace(cfg, ppo=ppo)
-    if gelu is not None:
-        cfg = replace(cfg, model=replace(cfg.model, gelu=gelu))
     venv = make_venv(load_split(cfg.data).train, cfg)
     return timed_learn(build_agent(cfg, venv), total)
 
@@ -169,8 +164,6 @@ def main() -> None:
     ap.add_argument("--peer-repeats", type=int, default=1, help="runs of the (slow) peer")
     ap.add_argument("--no-peer", action="store_true", help="skip the (slow) peer")
     ap.add_argument("--cuda", action="store_true", help="also time ours with device='cuda'")
-    ap.add_argument("--gelu-erf", action="store_true",
-                    help="add a row: ours at equal work with model.gelu = erf (a model change)")
     ap.add_argument("--quick", action="store_true", help="one repeat, no peer (smoke run)")
     args = ap.parse_args()
     if args.quick:
@@ -193,11 +186,6 @@ def main() -> None:
         "equal": ("ours, equal work (8x256/64/10)", lambda: ours_run(args.steps, True)),
         "shipped": ("ours, shipped eurusd_ppo (8x512/256/4)", lambda: ours_run(args.steps, False)),
     }
-    if args.gelu_erf:
-        setups["erf"] = (
-            "ours, equal work, model.gelu erf (8x256/64/10)",
-            lambda: ours_run(args.steps, True, gelu="erf"),
-        )
     if args.no_peer:
         del setups["peer"]
     print(
@@ -216,10 +204,10 @@ def main() -> None:
         fps = {key: r.steps / r.cpu for key, r in med.items()}
         for key, (name, _) in setups.items():
             r = med[key]
-            ratio = " / ".join(
-                f"{ours} {fps[ours] / fps[key]:,.2f}x"
-                for ours in ("equal", "erf", "shipped") if ours in fps
-            ) if key in ("mlp", "peer") else ""
+            ratio = (
+                f"equal {fps['equal'] / fps[key]:,.2f}x / shipped {fps['shipped'] / fps[key]:,.2f}x"
+                if key in ("mlp", "peer") else ""
+            )
             print(
                 f"| {threads} | {name} | {r.steps / r.wall:,.1f} | {fps[key]:,.1f} | "
                 f"{r.grad_steps / r.cpu:,.1f} | {r.train_cpu / r.cpu:.0%} | {ratio} |"
