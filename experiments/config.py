@@ -77,9 +77,6 @@ class ModelConfig:
     default: on the CPU it does not pay for its compile time (docs/benchmarks.md)."""
     autocast_bf16: bool = False
     """Run the encoder under bf16 autocast (the CUDA fast path; attention stays fp32)."""
-    gelu: str = "tanh"
-    """MLP activation: tanh (GELU, tanh approximation; what models before this option used)
-    or erf (exact GELU: the same parameters, ~2x cheaper on a CPU core, a different model)."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.window < 1:
@@ -111,7 +108,6 @@ class ModelConfig:
             memory=self.memory,
             compile=self.compile,
             autocast_bf16=self.autocast_bf16,
-            gelu=self.gelu,
         )
 
 
