@@ -52,12 +52,6 @@ from .rotary import rotary_tables
 
 __all__ = ["EncoderConfig", "MLKVEncoder", "series_blocks"]
 
-#: Accepted values of :attr:`EncoderConfig.gelu`: GELU with the tanh approximation (the
-#: default, and what every model before this option used) or the exact, erf-based GELU
-#: (the same parameters, ~2x cheaper on a CPU core, a slightly different function: a
-#: model trained with one should be run with the same one).
-GELU_KINDS = ("tanh", "erf")
-
 #: Accepted values of :attr:`EncoderConfig.compile` besides ``None``.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -108,7 +102,6 @@ class EncoderConfig:
     compile: str | None = None  # torch.compile mode for all three modes; None = eager
     memory_layers: tuple[int, ...] = ()  # layers whose MLP is a product-key memory; () = none
     memory: PKMConfig | None = None  # the memory layers' config (a dict goes through from_dict)
-    gelu: str = "tanh"  # MLP activation: "tanh" (GELU, tanh approximation) or "erf" (exact)
 
     def __post_init__(self) -> None:
         if isinstance(self.plan, dict):
@@ -137,10 +130,6 @@ class EncoderConfig:
             raise ValueError(f"EncoderConfig.rope_base must be > 1, got {self.rope_base}.")
         if not self.norm_eps > 0.0:
             raise ValueError(f"EncoderConfig.norm_eps must be > 0, got {self.norm_eps}.")
-        if self.gelu not in GELU_KINDS:
-            raise ValueError(
-                f"EncoderConfig.gelu must be one of {GELU_KINDS}, got {self.gelu!r}."
-            )
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(
                 f"EncoderConfig.compile must be None or one of {COMPILE_MODES}, "
@@ -204,8 +193,7 @@ class EncoderConfig:
         """Plain dict (YAML/JSON friendly); :meth:`from_dict` inverts it.
 
         Without memory layers (and no ``memory`` config) the dict has no memory keys, as
-        before memory layers existed; with the default ``gelu = "tanh"`` it has no ``gelu``
-        key, as before that option existed.
+        before memory layers existed.
         """
         out = dataclasses.asdict(self)
         out["plan"] = self.plan.to_dict()
@@ -214,8 +202,6 @@ class EncoderConfig:
         else:
             out["memory_layers"] = list(self.memory_layers)
             out["memory"] = None if self.memory is None else self.memory.to_dict()
-        if self.gelu == "tanh":  # the default: dicts of existing models stay as they were
-            del out["gelu"]
         return out
 
     @classmethod
@@ -259,7 +245,7 @@ class Block(nn.Module):
         else:
             self.mlp = nn.Sequential(
                 nn.Linear(D, config.mlp_ratio * D, bias=config.bias),
-                nn.GELU(approximate="tanh" if config.gelu == "tanh" else "none"),
+                nn.GELU(approximate="tanh"),
                 nn.Linear(config.mlp_ratio * D, D, bias=config.bias),
             )
         self.drop = nn.Dropout(config.dropout)

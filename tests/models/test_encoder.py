@@ -164,32 +164,6 @@ def test_outputs_from_rounds_like_the_whole_pass_under_bf16():
                                        enc.encode_series(x)[:, c:], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("gelu", ["tanh", "erf"])
-def test_gelu_option_picks_the_activation_and_keeps_the_parameters(make_encoder, gelu):
-    """``gelu="erf"`` is the exact GELU in every MLP: the same parameter names (checkpoints
-    load either way), outputs that match an explicit reference, and differ from tanh's."""
-    plan = KVSharingPlan.mlkv(3, 4, 2, 2)
-    enc = make_encoder(plan, 4, gelu=gelu).double()
-    tanh = make_encoder(plan, 4).double()
-    assert enc.state_dict().keys() == tanh.state_dict().keys()
-    tanh.load_state_dict(enc.state_dict())
-    h = torch.randn(7, 32, dtype=torch.float64)
-    mlp = enc.blocks[1].mlp
-    hidden = mlp[0](h)
-    exact = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))
-    inner = math.sqrt(2 / math.pi) * (hidden + 0.044715 * hidden**3)
-    approx = 0.5 * hidden * (1 + torch.tanh(inner))
-    torch.testing.assert_close(mlp(h), mlp[2](exact if gelu == "erf" else approx))
-    x = torch.randn(20, 5, dtype=torch.float64)
-    with torch.no_grad():
-        differ = (enc.encode_series(x) - tanh.encode_series(x)).abs().max()
-    assert (differ > 1e-6) == (gelu == "erf")
-    spec = enc.config.to_dict()
-    assert ("gelu" in spec) == (gelu == "erf") and EncoderConfig.from_dict(spec) == enc.config
-    with pytest.raises(ValueError, match=r"EncoderConfig\.gelu must be one of"):
-        EncoderConfig(5, 32, plan, 4, gelu="relu")
-
-
 def test_outputs_from_is_checked(make_encoder):
     enc = make_encoder(KVSharingPlan.mha(2, 2), 3)
     with pytest.raises(ValueError, match="outputs_from must be in"):
