@@ -50,15 +50,13 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def build(gelu: str | None) -> Any:
+def build() -> Any:
     """The equal-work agent after one rollout (advantages normalised as ``train`` does)."""
     from experiments.config import load_config
     from experiments.factory import build_agent, load_split, make_venv
 
     cfg = load_config(CONFIG)
     cfg = replace(cfg, ppo=replace(cfg.ppo, n_steps=2048 // cfg.n_envs, batch_size=64))
-    if gelu is not None:
-        cfg = replace(cfg, model=replace(cfg.model, gelu=gelu))
     model = build_agent(cfg, make_venv(load_split(cfg.data).train, cfg))
     _, callback = model._setup_learn(2048)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)
@@ -102,11 +100,10 @@ def main() -> None:
         epilog="example: PYTHONPATH=. python experiments/studies/bench/update_profile.py",
     )
     ap.add_argument("--repeats", type=int, default=5, help="timed epochs (32 steps each)")
-    ap.add_argument("--gelu", default=None, help="override model.gelu (tanh, erf)")
     ap.add_argument("--label", default="", help="a label for the output line")
     args = ap.parse_args()
     th.set_num_threads(1)
-    model = build(args.gelu)
+    model = build()
     policy = model.policy
     policy.set_training_mode(True)
     flat = policy.flat_grads() if hasattr(policy, "flat_grads") else None
