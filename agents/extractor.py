@@ -7,9 +7,12 @@ does so three equivalent ways (equal up to float rounding, see ``models.encoder`
 * :meth:`MLKVExtractor.encode_spans` -- runs of consecutive bars of one feature array, each
   encoded with exactly ``receptive_field - 1`` bars of context in one batched
   ``encode_series`` pass (fast rollouts and fast PPO updates);
-* :meth:`MLKVExtractor.encode_bars` -- a whole series at once (the backtester).
+* :meth:`MLKVExtractor.encode_bars` -- a whole series at once (the backtester);
 
-and :meth:`MLKVExtractor.combine` joins a bar encoding with the account features.
+PPO minibatches go through :meth:`MLKVExtractor.encode_samples`, the cheaper of
+``encode_spans`` (one row per run, context trimmed per KV group) and
+:meth:`MLKVExtractor.encode_packed` (runs end to end in one row); and
+:meth:`MLKVExtractor.combine` joins a bar encoding with the account features.
 """
 
 from __future__ import annotations
