@@ -7,12 +7,15 @@
 * :class:`MLKVPPO` -- PPO whose rollouts look bar encodings up instead of re-encoding
   windows and whose updates encode contiguous time segments in one pass;
 * :class:`ScaledReward` -- a constant reward multiplier (log returns are ~1e-3 per bar);
-* :class:`BarRolloutBuffer`, :class:`SegmentObs` -- the bar-index storage behind it.
+* :class:`BarRolloutBuffer`, :class:`SegmentObs` -- the bar-index storage behind it;
+* :class:`FlatAdam` -- Adam stepping all parameters as one flat tensor (the policy's
+  default optimiser; Adam's state dict).
 """
 
 from .buffers import BarRolloutBuffer
 from .extractor import DEFAULT_ENCODER, MLKVExtractor
 from .memory_callback import MemoryUsageCallback
+from .optim import FlatAdam
 from .policy import LOG_STD_RANGE, MLKVActorCriticPolicy, SegmentObs
 from .ppo import MLKVPPO, PlainPathWarning
 from .reward_scale import ScaledReward
@@ -22,6 +25,7 @@ __all__ = [
     "LOG_STD_RANGE",
     "MLKVPPO",
     "BarRolloutBuffer",
+    "FlatAdam",
     "MLKVActorCriticPolicy",
     "MLKVExtractor",
     "MemoryUsageCallback",

@@ -7,9 +7,12 @@ does so three equivalent ways (equal up to float rounding, see ``models.encoder`
 * :meth:`MLKVExtractor.encode_spans` -- runs of consecutive bars of one feature array, each
   encoded with exactly ``receptive_field - 1`` bars of context in one batched
   ``encode_series`` pass (fast rollouts and fast PPO updates);
-* :meth:`MLKVExtractor.encode_bars` -- a whole series at once (the backtester).
+* :meth:`MLKVExtractor.encode_bars` -- a whole series at once (the backtester);
 
-and :meth:`MLKVExtractor.combine` joins a bar encoding with the account features.
+PPO minibatches go through :meth:`MLKVExtractor.encode_samples`, the cheaper of
+``encode_spans`` (one row per run, context trimmed per KV group) and
+:meth:`MLKVExtractor.encode_packed` (runs end to end in one row); and
+:meth:`MLKVExtractor.combine` joins a bar encoding with the account features.
 """
 
 from __future__ import annotations
@@ -208,7 +211,9 @@ class MLKVExtractor(BaseFeaturesExtractor):
         from bar ``starts[s] - context`` on, so with the default ``context =
         receptive_field - 1`` every output row equals the window encoding of its bar. Spans
         are right-padded to the longest one; causal attention keeps the padding out of the
-        valid rows. Differentiable: wrap in ``no_grad`` for rollouts.
+        valid rows. The context is encoded only as far as the spans' bars depend on it
+        (``encode_series(..., outputs_from=context)``: later KV groups see less of it).
+        Differentiable: wrap in ``no_grad`` for rollouts.
 
         Args:
             features: ``[n_bars, F]`` the per-bar features observations are sliced from.
@@ -228,7 +233,7 @@ class MLKVExtractor(BaseFeaturesExtractor):
         offsets = th.arange(ctx + length, device=features.device)  # [ctx + L]
         index = (first[:, None] + offsets[None, :]).clamp_(max=n_bars - 1)  # [S, ctx + L]
         x = features[index]  # [S, ctx + L, F]
-        return self.encoder.encode_series(x)[:, ctx:]  # [S, L, D]
+        return self.encoder.encode_series(x, outputs_from=ctx)  # [S, L, D]
 
     def _spans(
         self, what: str, starts: np.ndarray, lengths: np.ndarray, context: int | None
@@ -281,6 +286,45 @@ class MLKVExtractor(BaseFeaturesExtractor):
         x = features[th.as_tensor(bars, device=features.device)]  # [N, F]
         encoded = self.encoder.encode_series(x)  # [N, D]
         return encoded[th.as_tensor(keep, device=features.device)]  # [M, D]
+
+
+    def encode_samples(
+        self,
+        features: th.Tensor,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        context: int | None = None,
+    ) -> th.Tensor:
+        """The rows of :meth:`encode_packed` (``[M, D]``), by the cheaper of two passes.
+
+        :meth:`encode_spans` (one row per span, right-padded, context trimmed per KV group)
+        or :meth:`encode_packed` (spans end to end, whole context in every layer), whichever
+        computes fewer token-layers (:meth:`MLKVEncoder.series_tokens`): spans of equal
+        length (a PPO minibatch of whole segments) take the first, many spans of unequal
+        length the second. Equal up to float rounding.
+
+        Args:
+            features: ``[n_bars, F]``.
+            starts: ``[S]`` int, first bar of each span (``>= context``).
+            lengths: ``[S]`` int, bars in each span (``>= 1``).
+            context: bars of context before each span; ``None`` = ``receptive_field - 1``.
+
+        Returns:
+            ``[M, D]``, ``M = lengths.sum()``: span 0's bars oldest first, then span 1's, ...
+        """
+        ctx, starts, lengths = self._spans("encode_samples", starts, lengths, context)
+        S, longest, total = len(lengths), int(lengths.max()), int(lengths.sum())
+        rows = S * self.encoder.series_tokens(ctx + longest, ctx)
+        packed = self.encoder.series_tokens(total + S * ctx)
+        if packed < rows:
+            return self.encode_packed(features, starts, lengths, ctx)
+        encoded = self.encode_spans(features, starts, lengths, ctx)  # [S, L, D]
+        if total == S * longest:  # no padding
+            return encoded.reshape(total, -1)  # [M, D]
+        keep = np.repeat(np.arange(S) * longest, lengths) + (
+            np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        )  # [M] row of each sample in [S * L]
+        return encoded.reshape(S * longest, -1)[th.as_tensor(keep, device=features.device)]
 
 
 def _check_observation_space(space: spaces.Space) -> tuple[spaces.Box, spaces.Box]:

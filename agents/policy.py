@@ -38,6 +38,7 @@ from models import EncoderConfig
 
 from .actor import ActorProgram, actor_program
 from .extractor import ACCOUNT_KEY, CANDLES_KEY, MLKVExtractor, encoder_spec, resolve_encoder_config
+from .optim import FlatAdam
 
 __all__ = ["LOG_STD_RANGE", "MLKVActorCriticPolicy", "SegmentObs"]
 
@@ -164,9 +165,11 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
                 f"inside log_std_range = ({lo}, {hi})."
             )
         self.log_std_range = (lo, hi)
-        if kwargs.get("optimizer_class", th.optim.Adam) is th.optim.Adam:
+        if kwargs.get("optimizer_class", th.optim.Adam) in (th.optim.Adam, FlatAdam):
             # SB3's default eps, and the fused Adam kernel (one op per step for all
-            # parameters instead of ~10 per parameter; the same update up to rounding)
+            # parameters instead of ~10 per parameter; the same update up to rounding),
+            # stepping all parameters as one flat tensor (FlatAdam: Adam's state dict)
+            kwargs["optimizer_class"] = FlatAdam
             given = kwargs.get("optimizer_kwargs")
             opt = {"eps": 1e-5} if given is None else dict(given)
             if "fused" not in opt and "foreach" not in opt:
@@ -193,6 +196,7 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
             **kwargs,
         )
         self._last_log_sigma: th.Tensor | None = None
+        self._flat_grad: th.Tensor | None = None
 
     # ------------------------------------------------------------------ construction
     def _build(self, lr_schedule: Schedule) -> None:
@@ -234,6 +238,46 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         if self.share_features_extractor:
             return [self.features_extractor]
         return [self.pi_features_extractor, self.vf_features_extractor]
+
+    # ------------------------------------------------------------------ gradients
+    def flat_grads(self) -> th.Tensor | None:
+        """One ``[P]`` buffer that holds the gradient of every trainable parameter.
+
+        Each ``p.grad`` becomes a view of a slice of it (current gradients are copied in,
+        missing ones are zeros), so that zeroing, the norm and clipping of all gradients are
+        one op each instead of one per parameter tensor (~130 here). Autograd accumulates
+        into existing gradients in place, so the views survive ``backward``; zero them with
+        ``flat.zero_()``. Made again if any gradient was replaced since (e.g. by
+        ``optimizer.zero_grad()``, which sets them to ``None``). ``None`` when the
+        parameters do not share one device and dtype.
+
+        Returns:
+            ``[P]`` with ``P`` the number of trainable parameter elements, or ``None``.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params or len({(p.device, p.dtype) for p in params}) > 1:
+            return None
+        flat = self._flat_grad
+        if flat is not None and flat.numel() == sum(p.numel() for p in params):
+            offset, intact = 0, True
+            for p in params:
+                if p.grad is None or p.grad.data_ptr() != flat[offset:].data_ptr():
+                    intact = False
+                    break
+                offset += p.numel()
+            if intact:
+                return flat
+        flat = th.zeros(sum(p.numel() for p in params), device=params[0].device,
+                        dtype=params[0].dtype)
+        offset = 0
+        for p in params:
+            view = flat[offset : offset + p.numel()].view_as(p)
+            if p.grad is not None:
+                view.copy_(p.grad)
+            p.grad = view
+            offset += p.numel()
+        self._flat_grad = flat
+        return flat
 
     # ------------------------------------------------------------------ distribution
     def log_sigma(self, latent_pi: th.Tensor) -> th.Tensor:
@@ -328,6 +372,19 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
             dim=-1,
         )
 
+    def encode_samples(
+        self,
+        features: th.Tensor,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        context: int | None = None,
+    ) -> th.Tensor:
+        """:meth:`MLKVExtractor.encode_samples` for every extractor: ``[M, encoding_dim]``."""
+        return th.cat(
+            [e.encode_samples(features, starts, lengths, context) for e in self._extractors()],
+            dim=-1,
+        )
+
     def heads_from_encoded(
         self, encoded: th.Tensor, account: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
@@ -411,12 +468,12 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         """Values ``[M, 1]``, log-probs ``[M]`` and entropies ``[M]`` of ``actions``.
 
         ``obs`` is an SB3 observation dict (one window per sample) or a :class:`SegmentObs`
-        (one ``encode_series`` pass over the minibatch's spans packed end to end, see
-        :meth:`encode_packed`; same result).
+        (one ``encode_series`` pass over the minibatch's spans, see :meth:`encode_samples`;
+        same result).
         """
         if not isinstance(obs, SegmentObs):
             return super().evaluate_actions(obs, actions)
-        encoded = self.encode_packed(obs.features, obs.starts, obs.lengths, obs.context)  # [M, D]
+        encoded = self.encode_samples(obs.features, obs.starts, obs.lengths, obs.context)
         mean, log_sigma, values = self.heads_from_encoded(encoded, obs.account)
         distribution = self.distribution(mean, log_sigma)
         return values[:, None], distribution.log_prob(actions), distribution.entropy()

@@ -15,10 +15,18 @@ F]``) and the last bar of each env's observation (``bar_index``, ``[n_envs]``):
 * **Updates** (``fast_update``): minibatches are contiguous time segments of one env's
   trajectory (``segment_len`` steps at most, split wherever the bar index jumps, e.g. at a
   reset). The minibatch's segments, each preceded by exactly ``receptive_field - 1`` bars
-  of context, are packed end to end into one series and encoded in one ``encode_series``
-  pass under autograd (:meth:`~agents.MLKVActorCriticPolicy.encode_packed`), so a bar
-  costs about ``1 + (receptive_field - 1) / segment_len`` tokens per epoch instead of
-  ``T``. Losses and gradients equal those of the window path on the same minibatch.
+  of context, are encoded in one ``encode_series`` pass under autograd
+  (:meth:`~agents.MLKVActorCriticPolicy.encode_samples`): one row per segment with the
+  context computed only as far as the segment depends on it (a layer in KV group ``g`` of
+  ``n`` needs ``(n - 1 - g) * (W - 1)`` context bars: 30 / 15 / 0 with the reference plan
+  at ``W = 16``, instead of 45 in every layer), or, for many segments of unequal length,
+  packed end to end, whichever computes fewer tokens. A bar costs about ``1 +
+  (receptive_field - 1) / segment_len`` tokens per epoch at most instead of ``T``. Losses
+  and gradients equal those of the window path on the same minibatch (float rounding
+  aside). The gradients live in one flat buffer
+  (:meth:`~agents.MLKVActorCriticPolicy.flat_grads`) and the optimiser is
+  :class:`~agents.FlatAdam`, so zeroing, grad-norm clipping and the Adam step are a few
+  ops on one tensor instead of a loop over ~130 parameter tensors.
 
 **What differs from SB3's PPO** (fast update only; ``fast_update=False`` is SB3's update
 sample for sample):
@@ -37,11 +45,15 @@ sample for sample):
    formula). With segment minibatches, per-minibatch statistics would come from a few
    correlated trajectories and cancel their common trend (a minibatch whose segments all
    did well would be pushed half up, half down).
-3. *Optimiser.* :class:`~agents.MLKVActorCriticPolicy` defaults to the fused Adam kernel
-   (``fused=True``; same update up to rounding), with SB3's ``eps=1e-5``.
+3. *Optimiser.* :class:`~agents.MLKVActorCriticPolicy` defaults to
+   :class:`~agents.FlatAdam` with the fused Adam kernel (``fused=True``; Adam's update and
+   state dict, stepped as one flat tensor; same update up to rounding), with SB3's
+   ``eps=1e-5``.
 
 Everything else (clipped surrogate, value loss, entropy, grad-norm clipping, ``target_kl``
-early stop, logging) is SB3's ``PPO.train`` unchanged.
+early stop, logging) is SB3's ``PPO.train``: the fast update runs a copy of its loop
+(``MLKVPPO._train_segments``) whose only change is that zeroing and clipping act on the flat
+gradient buffer (the same formula; tested equal to ``PPO.train`` on the same minibatches).
 
 With an env that lacks ``features``/``bar_index`` (or whose observations are not plain
 slices of ``features``, e.g. under ``VecNormalize``), it warns once and runs SB3's own
@@ -60,8 +72,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
 
 from models import EncoderConfig
 
@@ -384,8 +397,99 @@ class MLKVPPO(PPO):
             buffer.advantages = normalize_rollout_advantages(buffer.advantages)
             self.normalize_advantage = False  # SB3's per-minibatch pass: already done
         try:
-            super().train()
+            if fast and isinstance(self.policy, MLKVActorCriticPolicy):
+                self._train_segments()
+            else:
+                super().train()
         finally:
             self.normalize_advantage = normalize
         if isinstance(self.policy, MLKVActorCriticPolicy) and self.policy.last_sigma_mean:
             self.logger.record("train/sigma_mean", self.policy.last_sigma_mean)
+
+    def _train_segments(self) -> None:
+        """SB3's ``PPO.train`` (2.x, same losses, logging and ``target_kl`` stop) with the
+        gradients in one flat buffer (:meth:`MLKVActorCriticPolicy.flat_grads`).
+
+        ``optimizer.zero_grad()`` becomes one ``zero_()`` and ``clip_grad_norm_`` one norm
+        and one scale (the same formula: ``g *= min(1, max_norm / (||g|| + 1e-6))``)
+        instead of a loop over ~130 parameter tensors, which on one CPU core costs as much
+        as a tenth of the gradient step. Parameters without a gradient in a minibatch
+        would get a zero one (there are none: the loss reaches every parameter).
+        """
+        policy = self.policy
+        assert isinstance(policy, MLKVActorCriticPolicy)
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        entropy_losses, pg_losses, value_losses, clip_fractions = [], [], [], []
+        approx_kl_divs: list[np.ndarray] = []
+        flat = policy.flat_grads()
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                values, log_prob, entropy = policy.evaluate_actions(
+                    rollout_data.observations, rollout_data.actions
+                )
+                values = values.flatten()
+                advantages = rollout_data.advantages
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                policy_loss_1 = advantages * ratio
+                policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+                pg_losses.append(policy_loss.item())
+                clip_fractions.append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                values_pred = values
+                if clip_range_vf is not None:
+                    values_pred = rollout_data.old_values + th.clamp(
+                        values - rollout_data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                value_losses.append(value_loss.item())
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+                entropy_losses.append(entropy_loss.item())
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: "
+                              f"{approx_kl_div:.2f}")
+                    break
+                if flat is None:  # parameters on several devices or dtypes: SB3's calls
+                    policy.optimizer.zero_grad()
+                    loss.backward()
+                    th.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                else:
+                    flat.zero_()
+                    loss.backward()
+                    with th.no_grad():  # clip_grad_norm_'s formula on one tensor
+                        norm = th.linalg.vector_norm(flat)
+                        flat.mul_((self.max_grad_norm / (norm + 1e-6)).clamp(max=1.0))
+                policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        explained_var = explained_variance(
+            self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten()
+        )
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/value_loss", np.mean(value_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        self.logger.record("train/explained_variance", explained_var)
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)

@@ -35,7 +35,16 @@ from torch import nn
 from .cache import KVCache
 from .rotary import apply_rotary
 
-__all__ = ["SharedKVAttention", "band_mask", "block_attention", "kv_blocks", "step_attention"]
+__all__ = [
+    "SeriesState",
+    "SharedKVAttention",
+    "band_mask",
+    "block_attention",
+    "first_chunk_mask",
+    "kv_blocks",
+    "step_attention",
+    "token_region",
+]
 
 
 def band_mask(window: int, group: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -77,6 +86,13 @@ def kv_blocks(x: torch.Tensor, window: int) -> torch.Tensor:
     return torch.cat((x[:, :, :-1], x[:, :, 1:]), dim=3)  # [B, Hkv, nb, 2W, Dh]
 
 
+def first_chunk_mask(band: torch.Tensor, first: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``[1, blocks, G*W, 2W]``: ``first`` for block 0, ``band`` for the others."""
+    GW, W2 = band.shape
+    rest = band.expand(1, blocks - 1, GW, W2)  # [1, blocks-1, G*W, 2W]
+    return torch.cat((first.expand(1, 1, GW, W2), rest), dim=1)  # [1, blocks, G*W, 2W]
+
+
 def block_attention(
     q: torch.Tensor,
     k2: torch.Tensor,
@@ -84,6 +100,7 @@ def block_attention(
     band: torch.Tensor,
     chunk_blocks: int,
     dropout_p: float = 0.0,
+    first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal sliding-window attention over whole blocks of queries.
 
@@ -91,26 +108,31 @@ def block_attention(
         q: ``[B, Hkv, nb, G*W, Dh]`` rotated queries, ``G`` heads folded into the query axis.
         k2: ``[B, Hkv, nb, 2W, Dh]`` rotated keys from :func:`kv_blocks`.
         v2: ``[B, Hkv, nb, 2W, Dh]`` values from :func:`kv_blocks`.
-        band: ``[G*W, 2W]`` bool from :func:`band_mask`.
+        band: ``[G*W, 2W]`` bool from :func:`band_mask` (True = allowed), or the same as
+            an additive float mask (0 = allowed, -inf = masked) in the dtype of ``q``.
         chunk_blocks: blocks per attention call (bounds the score memory to
             ``B * Hkv * chunk_blocks * G*W * 2W`` elements).
         dropout_p: attention dropout probability (training only).
+        first: ``[G*W, 2W]`` mask of block 0, of ``band``'s kind (``band`` itself: block 0
+            has a whole previous block of real keys), or already the mask of the first
+            chunk, ``[1, min(nb, chunk_blocks), G*W, 2W]`` (:func:`first_chunk_mask`).
+            ``None``: block 0 has no previous block, its first ``W`` keys are padding
+            (:func:`kv_blocks` of a series that starts at bar 0).
 
     Returns:
         ``[B, Hkv, nb, G*W, Dh]`` attention outputs.
     """
     B, Hkv, nb, GW, Dh = q.shape
     W = k2.shape[3] // 2
-    # Block 0 has no previous block: its first W keys are padding.
-    first = band.clone()
-    first[:, :W] = False  # [G*W, 2W]
+    if first is None:  # block 0 has no previous block: its first W keys are padding
+        first = band.clone()
+        first[:, :W] = False if band.dtype == torch.bool else float("-inf")  # [G*W, 2W]
     outs = []
     for b0 in range(0, nb, chunk_blocks):
         b1 = min(nb, b0 + chunk_blocks)
         mask = band  # [G*W, 2W], the same for every block
-        if b0 == 0:  # 4-D (not 3-D) masks keep SDPA on its fused CPU kernel
-            rest = band.expand(1, b1 - b0 - 1, GW, 2 * W)  # [1, nbc-1, G*W, 2W]
-            mask = torch.cat((first.expand(1, 1, GW, 2 * W), rest), dim=1)  # [1, nbc, G*W, 2W]
+        if b0 == 0 and first is not band:  # 4-D (not 3-D) masks keep SDPA on its fused kernel
+            mask = first if first.dim() == 4 else first_chunk_mask(band, first, b1 - b0)
         # 4-D views (blocks in the "heads" slot) let SDPA pick its fused kernels
         qc = q[:, :, b0:b1].reshape(B * Hkv, b1 - b0, GW, Dh)  # [B*Hkv, nbc, G*W, Dh]
         kc = k2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
@@ -138,6 +160,131 @@ def step_attention(
     mask = valid[:, None, None, :]  # [B, 1, 1, W]
     with torch.autocast(q.device.type, enabled=False):  # fp32 scores, see the module doc
         return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+
+
+def token_region(x: torch.Tensor, x_start: int, start: int, length: int) -> torch.Tensor:
+    """Tokens ``start .. start + length - 1`` of ``x``, whose token axis (1) starts at ``x_start``.
+
+    Positions that ``x`` does not hold (before ``x_start`` or past its end) are zeros: they
+    are padding that attention masks (before) or that causality keeps out of every real
+    token (after). No copy when the region is all of ``x``; otherwise contiguous (a bf16
+    matmul on a strided view rounds differently from one on the same rows stored
+    contiguously, which would make a trimmed pass differ from a whole one under bf16).
+
+    Args:
+        x: ``[B, n, ...]``, tokens ``x_start .. x_start + n - 1``.
+        x_start: position of ``x[:, 0]``.
+        start: first position wanted.
+        length: positions wanted.
+
+    Returns:
+        ``[B, length, ...]``.
+    """
+    n = x.shape[1]
+    lo, hi = start - x_start, start - x_start + length
+    if lo == 0 and hi == n:
+        return x
+    out = x[:, max(lo, 0) : min(hi, n)].contiguous()
+    left, right = max(-lo, 0), max(hi - n, 0)
+    if left or right:
+        out = F.pad(out, (0, 0) * (x.dim() - 2) + (left, right))  # zeros on the token axis
+    return out
+
+
+class SeriesState:
+    """What the layers of one series pass share: rotary tables, masks and the owners' K/V.
+
+    Built once per pass by the encoder (see ``MLKVEncoder._blocks``), so that per-call
+    constants (rotary tables, the band mask) are made once, not once per layer, and K/V
+    blocks that several layers read are cut once.
+
+    Args:
+        cos: ``[P, Dh/2]`` rotary cosines of positions ``0 .. P-1`` (float32 or wider).
+        sin: ``[P, Dh/2]`` rotary sines.
+        window: ``W``.
+        group: ``G``, query heads per KV head.
+        chunk_blocks: blocks per attention call.
+    """
+
+    def __init__(
+        self,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        window: int,
+        group: int,
+        chunk_blocks: int,
+    ) -> None:
+        # x * [cos, cos] + swap_halves(x) * [-sin, sin] is apply_rotary's rotation (the
+        # same products and sums, so the same floats) in 4 ops instead of 8
+        self.cos2 = torch.cat((cos, cos), dim=-1)  # [P, Dh]
+        self.sin2 = torch.cat((-sin, sin), dim=-1)  # [P, Dh]
+        self.window = window
+        self.chunk_blocks = chunk_blocks
+        band = band_mask(window, group, device=cos.device)  # [G*W, 2W]
+        # additive float masks: SDPA would convert a bool mask in every call, forward and back
+        self.band = torch.zeros(band.shape, dtype=cos.dtype, device=band.device).masked_fill_(
+            ~band, float("-inf")
+        )  # [G*W, 2W]: 0 where attention is allowed, -inf elsewhere
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # owner: k, v, start
+        self._blocks: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._first: dict[tuple[int, int], torch.Tensor] = {}
+
+    def rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Rotate queries or keys of positions ``start ..``: ``[B, n, *heads, Dh]`` (float32+)."""
+        n, Dh = x.shape[1], x.shape[-1]
+        shape = (n,) + (1,) * (x.dim() - 3) + (Dh,)
+        cos = self.cos2[start : start + n].view(shape)  # [n, 1.., Dh]
+        sin = self.sin2[start : start + n].view(shape)  # [n, 1.., Dh]
+        x = x.to(torch.promote_types(x.dtype, cos.dtype))  # fp32 even under bf16 autocast
+        return x * cos + x.roll(Dh // 2, -1) * sin  # roll: [x1, x2] -> [x2, x1]
+
+    def kv_blocks(
+        self, source: int, start: int, nb: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``source``'s K/V cut into blocks for the ``nb`` query blocks from ``start`` on.
+
+        Query block ``b`` (positions ``start + bW ..``) gets the keys of positions ``start +
+        (b-1)W .. start + (b+1)W - 1`` (:func:`kv_blocks` with its previous block).
+
+        Returns:
+            ``(k2, v2)``, ``[B, Hkv, nb, 2W, Dh]`` each, in ``dtype``.
+        """
+        key = (source, start, nb)
+        if key not in self._blocks:
+            k, v, k_start = self.kv[source]  # [B, n, Hkv, Dh] each
+            W = self.window
+            pair = []
+            for x in (k, v):
+                x = token_region(x, k_start, start - W, (nb + 1) * W)  # [B, (nb+1)W, Hkv, Dh]
+                B, _, Hkv, Dh = x.shape
+                x = x.view(B, nb + 1, W, Hkv, Dh).permute(0, 3, 1, 2, 4)  # [B, Hkv, nb+1, W, Dh]
+                pair.append(torch.cat((x[:, :, :-1], x[:, :, 1:]), dim=3).to(dtype))
+            self._blocks[key] = (pair[0], pair[1])  # [B, Hkv, nb, 2W, Dh] each
+        return self._blocks[key]
+
+    def first_mask(self, start: int, nb: int) -> torch.Tensor:
+        """Mask of the first attention chunk when ``nb`` query blocks start at ``start``.
+
+        Block 0's previous block holds positions ``start - W .. start - 1``; those below 0
+        are padding. ``band`` itself when there are none (``start >= W``), else the
+        ``[1, min(nb, chunk_blocks), G*W, 2W]`` mask of :func:`first_chunk_mask` (made once
+        per pass).
+        """
+        W = self.window
+        if start >= W:
+            return self.band
+        key = (start, min(nb, self.chunk_blocks))
+        if key not in self._first:
+            pad = torch.arange(2 * W, device=self.band.device) < W - start  # [2W]
+            first = self.band.masked_fill(pad, float("-inf"))  # [G*W, 2W]
+            self._first[key] = first_chunk_mask(self.band, first, key[1])
+        return self._first[key]
+
+    def release(self, source: int) -> None:
+        """Free ``source``'s K/V (after its last reader)."""
+        self.kv.pop(source, None)
+        for key in [key for key in self._blocks if key[0] == source]:
+            del self._blocks[key]
 
 
 class SharedKVAttention(nn.Module):
@@ -183,53 +330,50 @@ class SharedKVAttention(nn.Module):
 
     def series(
         self,
-        h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
-        window: int,
-        band: torch.Tensor,
-        chunk_blocks: int,
+        x: torch.Tensor,
+        x_start: int,
+        q_start: int,
+        q_len: int,
+        state: SeriesState,
     ) -> torch.Tensor:
-        """Attention for every token of ``B`` sequences of ``N`` tokens (``N`` a multiple of W).
+        """Attention for the tokens ``q_start .. q_start + q_len - 1`` of ``B`` sequences.
+
+        An owner computes K/V for every token of ``x`` (``state.kv[layer]``); the queries
+        are the tokens of the query region. A token outside ``x`` is padding (zeros).
 
         Args:
-            h: ``[B, N, D]`` normalised layer input.
-            cos: ``[N, Dh/2]`` rotary cosines of the token positions.
-            sin: ``[N, Dh/2]`` rotary sines.
-            kv: blocked K/V per owner layer, ``{layer: (k2, v2)}`` with ``[B, Hkv, nb, 2W,
-                Dh]`` each; an owner adds its entry, sharing layers read their source's.
-            window: ``W``.
-            band: ``[G*W, 2W]`` bool mask from :func:`band_mask`.
-            chunk_blocks: blocks per attention call.
+            x: ``[B, n, D]`` normalised layer input of positions ``x_start .. x_start + n - 1``.
+            x_start: position of ``x[:, 0]``.
+            q_start: first query position (``>= x_start``).
+            q_len: queries, a multiple of ``W``.
+            state: the pass's :class:`SeriesState`.
 
         Returns:
-            ``[B, N, D]`` attention output (after the output projection).
+            ``[B, q_len, D]`` attention output (after the output projection).
         """
-        B, N, _ = h.shape
-        Hkv, Dh, W = self.n_kv_heads, self.head_dim, window
-        G, nb = self.n_heads // Hkv, N // W
+        B, n, _ = x.shape
+        Hkv, Dh, W = self.n_kv_heads, self.head_dim, state.window
+        G, nb = self.n_heads // Hkv, q_len // W
         if self.kv_proj is not None:
-            k, v = self.kv_proj(h).view(B, N, 2, Hkv, Dh).unbind(2)  # [B, N, Hkv, Dh] each
-            k = apply_rotary(k, cos[:, None], sin[:, None])  # rotate before sharing
-            k = kv_blocks(k.transpose(1, 2), W)  # [B, Hkv, nb, 2W, Dh]
-            v = kv_blocks(v.transpose(1, 2), W)  # [B, Hkv, nb, 2W, Dh]
-            kv[self.layer] = (k, v)
-        k2, v2 = kv[self.kv_source]
-        q = self.q_proj(h).view(B, N, Hkv, G, Dh)  # [B, N, Hkv, G, Dh]
-        q = apply_rotary(q, cos[:, None, None], sin[:, None, None])
+            k, v = self.kv_proj(x).view(B, n, 2, Hkv, Dh).unbind(2)  # [B, n, Hkv, Dh] each
+            state.kv[self.layer] = (state.rotate(k, x_start), v, x_start)  # rotate, then share
+        xq = token_region(x, x_start, q_start, q_len)  # [B, q_len, D]
+        q = self.q_proj(xq).view(B, q_len, Hkv, G, Dh)  # [B, q_len, Hkv, G, Dh]
+        q = state.rotate(q, q_start)
         q = q.view(B, nb, W, Hkv, G, Dh).permute(0, 3, 1, 4, 2, 5)  # [B, Hkv, nb, G, W, Dh]
         q = q.reshape(B, Hkv, nb, G * W, Dh)  # [B, Hkv, nb, G*W, Dh]
+        k2, v2 = state.kv_blocks(self.kv_source, q_start, nb, q.dtype)  # [B, Hkv, nb, 2W, Dh]
         y = block_attention(
             q,
-            k2.to(q.dtype),
-            v2.to(q.dtype),
-            band,
-            chunk_blocks,
+            k2,
+            v2,
+            state.band,
+            state.chunk_blocks,
             self.dropout if self.training else 0.0,
+            first=state.first_mask(q_start, nb),
         )  # [B, Hkv, nb, G*W, Dh]
         y = y.view(B, Hkv, nb, G, W, Dh).permute(0, 2, 4, 1, 3, 5)  # [B, nb, W, Hkv, G, Dh]
-        return self.out_proj(y.reshape(B, N, Hkv * G * Dh))  # [B, N, D]
+        return self.out_proj(y.reshape(B, q_len, Hkv * G * Dh))  # [B, q_len, D]
 
     def step(
         self,

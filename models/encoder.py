@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import SharedKVAttention, band_mask
+from .attention import SeriesState, SharedKVAttention, token_region
 from .cache import KVCache
 from .memory import MemoryUsage, PKMConfig, ProductKeyMemory
 from .plan import KVSharingPlan
@@ -211,6 +211,10 @@ class EncoderConfig:
         return cls(**spec)
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``h + attn(norm(h))`` then ``h + mlp(norm(h))``.
 
@@ -247,17 +251,36 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def series(
-        self, h: torch.Tensor, *attn_args: Any, valid: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        h_start: int,
+        q_start: int,
+        q_len: int,
+        state: SeriesState,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B, N, D] -> [B, N, D]``; ``attn_args`` as in :meth:`SharedKVAttention.series`.
+        """Tokens ``h_start ..`` in, tokens ``q_start .. q_start + q_len - 1`` out.
 
-        ``valid``: ``[B, N]`` bool, the tokens that are not padding (``None``: all); a memory
-        counts the reads of those only (the padded tokens never reach a real token).
+        Args:
+            h: ``[B, n, D]`` residual stream of positions ``h_start .. h_start + n - 1``.
+            h_start: position of ``h[:, 0]``.
+            q_start: first output position (``>= h_start``); an owner layer still computes
+                K/V for all of ``h``.
+            q_len: output tokens, a multiple of ``W``.
+            state: the pass's :class:`~models.attention.SeriesState`.
+            valid: ``[B, q_len]`` bool, the output tokens that are not padding (``None``:
+                all); a memory counts the reads of those only (the padded tokens never
+                reach a real token).
+
+        Returns:
+            ``[B, q_len, D]``.
         """
-        h = h + self.drop(self.attn.series(self.norm1(h), *attn_args))
+        a = self.attn.series(self.norm1(h), h_start, q_start, q_len, state)  # [B, q_len, D]
+        drop = self.drop if self.drop.p > 0 else _identity  # p = 0: skip the module call
+        h = token_region(h, h_start, q_start, q_len) + drop(a)
         if self.memory is None:
-            return h + self.drop(self.mlp(self.norm2(h)))
-        return h + self.drop(self.memory(self.norm2(h), counted=valid))
+            return h + drop(self.mlp(self.norm2(h)))
+        return h + drop(self.memory(self.norm2(h), counted=valid))
 
     def step(self, h: torch.Tensor, *attn_args: Any) -> torch.Tensor:
         """``[B, D] -> [B, D]``; ``attn_args`` as in :meth:`SharedKVAttention.step`."""
@@ -366,21 +389,34 @@ class MLKVEncoder(nn.Module):
             )
         return self._series(self._check_features(x, "forward"), self.config.chunk)
 
-    def encode_series(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    def encode_series(
+        self, x: torch.Tensor, chunk: int | None = None, outputs_from: int = 0
+    ) -> torch.Tensor:
         """Encode every bar of one or more series in a single pass.
 
         Differentiable (no ``no_grad`` inside): wrap it in ``torch.inference_mode()`` for
         rollouts and evaluation, leave it under autograd for training on segments. Memory
         is ``O(N * D)`` for activations plus ``O(chunk * 2W)`` attention scores per head.
 
+        With ``outputs_from = c > 0`` only rows ``c ..`` are returned and the first ``c``
+        bars are context, and each layer computes only the tokens that those rows depend
+        on: a layer whose K/V reaches the rows through ``r`` later KV owners needs its
+        output from bar ``c - r * (W - 1)`` on, so later layers run on fewer tokens. With
+        the reference plan and ``c = receptive_field - 1 = 45`` the three KV groups run on
+        ``L + 30``, ``L + 15`` and ``L`` tokens instead of ``L + 45``. The rows are the
+        same as ``encode_series(x)[..., c:, :]`` up to float rounding. (Compiled encoders
+        and encoders with memory layers encode all bars and drop the first ``c`` rows.)
+
         Args:
             x: ``[N, F]`` one series or ``[B, N, F]`` a batch of series, oldest bar first.
             chunk: queries per attention call (rounded down to a multiple of the window,
                 at least one window); default ``config.chunk``.
+            outputs_from: first bar whose encoding is returned (``0 <= outputs_from < N``).
 
         Returns:
-            ``[N, D]`` or ``[B, N, D]``: row ``t`` equals ``forward`` of any window of
-            ``>= receptive_field`` bars ending at bar ``t``.
+            ``[N - outputs_from, D]`` or ``[B, N - outputs_from, D]``: row ``t -
+            outputs_from`` equals ``forward`` of any window of ``>= receptive_field`` bars
+            ending at bar ``t``.
         """
         if x.dim() not in (2, 3):
             raise ValueError(
@@ -392,8 +428,51 @@ class MLKVEncoder(nn.Module):
         chunk = self.config.chunk if chunk is None else chunk
         if chunk < 1:
             raise ValueError(f"MLKVEncoder.encode_series: chunk must be >= 1, got {chunk}.")
-        out = self._series(x, chunk)  # [B, N, D]
+        if not 0 <= outputs_from < max(x.shape[1], 1):
+            raise ValueError(
+                f"MLKVEncoder.encode_series: outputs_from must be in [0, N = {x.shape[1]}), "
+                f"got {outputs_from}."
+            )
+        out = self._series(x, chunk, outputs_from)  # [B, N - outputs_from, D]
         return out[0] if single else out
+
+    def series_regions(self, outputs_from: int) -> tuple[list[int], int]:
+        """First token each layer outputs, and the first input token, for a series pass.
+
+        Walks the layers from the last one down: layer ``i``'s output is needed from the
+        first token its successor needs; an owner's K/V from ``W - 1`` tokens before the
+        first query of any layer that reads it, so the owner's input starts there.
+
+        Args:
+            outputs_from: first token whose final encoding is wanted.
+
+        Returns:
+            ``(starts, first)``: ``starts[i]``, the first token layer ``i`` outputs
+            (``starts[-1] == outputs_from``), and ``first``, the first input token needed.
+        """
+        W, sources = self.config.window, self.config.plan.kv_source
+        starts = [0] * len(sources)
+        kv_from: dict[int, int] = {}  # owner -> first token whose K/V is read
+        need = outputs_from
+        for i in reversed(range(len(sources))):
+            starts[i] = need
+            o = sources[i]
+            kv_from[o] = min(kv_from.get(o, need), max(0, need - (W - 1)))
+            if o == i:  # every reader of layer i's K/V comes at or after layer i
+                need = min(need, kv_from[i])
+        return starts, need
+
+    def series_tokens(self, n: int, outputs_from: int = 0) -> int:
+        """Token-layers a series pass of ``n`` bars computes (queries and MLPs, padding
+        included): the cost model that :meth:`MLKVExtractor.encode_samples` uses."""
+        W = self.config.window
+        trim = outputs_from if self._can_trim() else 0
+        starts, _ = self.series_regions(trim)
+        return sum(-(-(n - s) // W) * W for s in starts)
+
+    def _can_trim(self) -> bool:
+        """Whether a series pass may skip the tokens no wanted output depends on."""
+        return self.config.compile is None and not self.config.memory_layers
 
     def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Encode the next bar of ``B`` streams, reading and updating ``cache``.
@@ -459,27 +538,30 @@ class MLKVEncoder(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
-    def _series(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
-        """``[B, N, F] -> [B, N, D]`` with block attention (shared by forward/encode_series).
+    def _series(self, x: torch.Tensor, chunk: int, outputs_from: int = 0) -> torch.Tensor:
+        """``[B, N, F] -> [B, N - outputs_from, D]`` with block attention (``forward`` and
+        ``encode_series``).
 
-        Pads the series to whole blocks of ``W`` bars (the padding is last, so causal
-        attention keeps it out of every real bar) and runs :meth:`_blocks`. Compiled, the
-        block count is rounded up to :func:`series_blocks` and the batch axis is dynamic (at
-        least 2 rows; a power of two under ``"reduce-overhead"``, whose CUDA graphs are
-        recorded per batch size), so that a training run compiles a few graphs instead of
-        one per length (see :func:`series_blocks`). Padded rows are dropped.
+        Eager, :meth:`_blocks` pads each layer's tokens to whole blocks of ``W`` (the padding
+        is last, so causal attention keeps it out of every real bar) and skips the tokens
+        before ``outputs_from`` that no output depends on (:meth:`series_regions`).
+        Compiled, the series is padded here, its block count rounded up to
+        :func:`series_blocks`, and the batch axis is dynamic (at least 2 rows; a power of two
+        under ``"reduce-overhead"``, whose CUDA graphs are recorded per batch size), so that
+        a training run compiles a few graphs instead of one per length (see
+        :func:`series_blocks`); all bars are encoded. Padded rows are dropped.
         """
         B, N, _ = x.shape
         W = self.config.window
         chunk_blocks = max(1, chunk // W)
         nb = -(-N // W)  # blocks of W queries, the last one padded
         compiled = self.config.compile is not None
-        if compiled:
-            nb = series_blocks(nb, chunk_blocks)
-        if nb * W != N:
-            x = nn.functional.pad(x, (0, 0, 0, nb * W - N))  # [B, nb*W, F]; pad is last
+        trim = outputs_from if self._can_trim() else 0
         rows = B
         if compiled:
+            nb = series_blocks(nb, chunk_blocks)
+            if nb * W != N:
+                x = nn.functional.pad(x, (0, 0, 0, nb * W - N))  # [B, nb*W, F]; pad is last
             x = x.contiguous()  # dynamo guards on strides: one layout, one graph
             # a dynamic batch axis must be >= 2 (dynamo specialises 0 and 1); CUDA graphs
             # ("reduce-overhead") record one graph per batch size: round it up to a power of 2
@@ -496,51 +578,68 @@ class MLKVEncoder(nn.Module):
             if compiled:
                 torch._dynamo.mark_dynamic(valid, 0)
         name = "series_grad" if torch.is_grad_enabled() else "series_infer"
-        out = self._dispatch(name)(x, valid, chunk_blocks)[:B, :N]  # [B, N, D]
+        out = self._dispatch(name)(x, valid, chunk_blocks, trim)  # [rows, >= N - trim, D]
+        out = out[:B, outputs_from - trim : N - trim]  # [B, N - outputs_from, D]
         if self.config.compile == "reduce-overhead":  # CUDA graph output: the next replay
             out = out.clone()  # overwrites it, so it must not escape as a view
         return out
 
     def _series_grad(
-        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
+        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int, outputs_from: int
     ) -> torch.Tensor:
         """:meth:`_blocks` under autograd (its own code object: its own compile cache)."""
-        return self._blocks(x, valid, chunk_blocks)
+        return self._blocks(x, valid, chunk_blocks, outputs_from)
 
     def _series_infer(
-        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
+        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int, outputs_from: int
     ) -> torch.Tensor:
         """:meth:`_blocks` without autograd (rollouts, backtests)."""
-        return self._blocks(x, valid, chunk_blocks)
+        return self._blocks(x, valid, chunk_blocks, outputs_from)
 
     def _blocks(
-        self, x: torch.Tensor, valid: torch.Tensor | None, chunk_blocks: int
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor | None,
+        chunk_blocks: int,
+        outputs_from: int = 0,
     ) -> torch.Tensor:
-        """``[B, nb*W, F] -> [B, nb*W, D]``: the transformer over whole blocks of bars.
+        """``[B, n, F] -> [B, m, D]``: the transformer over whole blocks of bars.
+
+        Layer ``i`` outputs tokens ``starts[i] ..`` (:meth:`series_regions`), padded to whole
+        blocks of ``W``; the result holds tokens ``outputs_from .. outputs_from + m - 1``,
+        ``m = ceil((n - outputs_from) / W) * W`` (rows past ``n`` are padding).
 
         Args:
-            x: features, ``nb*W`` bars (padding included).
-            valid: ``[B, nb*W]`` bool, the bars before the padding in the rows before the
-                padding (``None``: all); only memory layers read it.
+            x: features of ``n`` bars.
+            valid: ``[B, ceil(n / W) * W]`` bool, the bars before the padding in the rows
+                before the padding (``None``: all); only memory layers read it (they are
+                never trimmed: ``outputs_from`` is 0 with memory layers).
             chunk_blocks: blocks per attention call.
+            outputs_from: first token whose output is wanted.
         """
         cfg = self.config
-        W, Dh = cfg.window, cfg.head_dim
-        G = cfg.plan.n_heads // cfg.plan.n_kv_heads
-        n = x.shape[1]  # nb * W
+        W = cfg.window
+        n = x.shape[1]
+        starts, first = self.series_regions(outputs_from)
+
+        def whole(start: int) -> int:  # tokens from ``start`` to n, in whole blocks
+            return -(-(n - start) // W) * W
+
         with self._autocast(x.device):
-            h = self.inp(x)  # [B, nb*W, D]
-            pos = torch.arange(n, device=x.device)  # [nb*W]
+            h = self.inp(token_region(x, 0, first, whole(first)))  # [B, whole(first), D]
+            pos = torch.arange(n + W, device=x.device)  # every position a region can reach
             rope = torch.promote_types(h.dtype, torch.float32)  # fp32 even under bf16 autocast
-            cos, sin = rotary_tables(pos, Dh, cfg.rope_base, rope)  # [nb*W, Dh/2] each
-            band = band_mask(W, G, device=x.device)  # [G*W, 2W]
-            kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            cos, sin = rotary_tables(pos, cfg.head_dim, cfg.rope_base, rope)  # [n+W, Dh/2]
+            G = cfg.plan.n_heads // cfg.plan.n_kv_heads
+            state = SeriesState(cos, sin, W, G, chunk_blocks)
+            h_start = first
             for i, block in enumerate(self.blocks):
-                h = block.series(h, cos, sin, kv, W, band, chunk_blocks, valid=valid)
+                h = block.series(h, h_start, starts[i], whole(starts[i]), state, valid=valid)
+                h_start = starts[i]  # h: [B, whole(starts[i]), D]
                 src = cfg.plan.kv_source[i]
                 if self._last_use[src] == i:
-                    del kv[src]
-            h = self.norm(h)  # [B, nb*W, D]
+                    state.release(src)
+            h = self.norm(h)  # [B, whole(outputs_from), D]
         return h.to(x.dtype)
 
     def _step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -115,6 +115,37 @@ def test_encode_packed_matches_encode_spans_and_fails_without_context(
         ext.encode_packed(feats, np.array([3]), np.array([2]))
 
 
+@pytest.mark.parametrize(
+    ("starts", "lengths", "path"),
+    [
+        ([7, 30, 52], [6, 6, 6], "encode_spans"),  # equal spans: rows, context trimmed
+        ([7], [40], "encode_spans"),
+        ([7, 30, 52, 20, 40], [2, 21, 8, 1, 3], "encode_packed"),  # unequal: packed
+    ],
+)
+def test_encode_samples_takes_the_cheaper_pass_and_matches_windows(
+    dict_space, tiny_encoder, monkeypatch, starts, lengths, path
+) -> None:
+    ext = MLKVExtractor(dict_space(T=8), encoder=tiny_encoder)
+    feats = th.as_tensor(random_features(60, 3))
+    starts, lengths = np.array(starts), np.array(lengths)
+    calls = []
+    for name in ("encode_spans", "encode_packed"):
+        method = getattr(ext, name)
+        monkeypatch.setattr(ext, name, lambda *a, _m=method, _n=name, **k: (
+            calls.append(_n), _m(*a, **k))[1])
+    with th.no_grad():
+        got = ext.encode_samples(feats, starts, lengths)  # [M, D]
+        bars = np.concatenate([np.arange(b, b + n) for b, n in zip(starts, lengths, strict=True)])
+        ref = ext.encode_windows(sample_windows(feats.numpy(), bars, 8))  # [M, D]
+        short = ext.encode_samples(feats, starts, lengths, context=ext.receptive_field - 2)
+    assert calls[0] == path
+    assert got.shape == ref.shape
+    assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(AssertionError):
+        assert_close(short, ref, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------- policy heads
 def test_sigma_is_state_dependent_and_starts_at_log_std_init(dict_space, tiny_encoder) -> None:
     policy = make_policy(dict_space(), tiny_encoder, log_std_init=-1.0)

@@ -200,6 +200,41 @@ def test_segment_training_epoch_equals_window_training_epoch(tiny_encoder) -> No
 
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_flat_gradient_update_equals_sb3_train(tiny_encoder, share) -> None:
+    """MLKVPPO's update loop (gradients in one flat buffer: one zero_, one norm, one
+    scale) moves the weights exactly as SB3's PPO.train on the same minibatches, with
+    grad-norm clipping active; and the flat buffer really holds the gradients."""
+    model = one_rollout(MLKVPPO(
+        MLKVActorCriticPolicy, venv(), segment_len=8, **{**PPO_KW, "max_grad_norm": 0.05},
+        policy_kwargs={"encoder": tiny_encoder, "share_features_extractor": share},
+    ))
+    start_policy = copy.deepcopy(model.policy.state_dict())
+    start_optim = copy.deepcopy(model.policy.optimizer.state_dict())
+    results, norms = [], []
+    for update in (MLKVPPO._train_segments, PPO.train):
+        model.policy.load_state_dict(start_policy)
+        model.policy.optimizer.load_state_dict(start_optim)
+        model.policy.optimizer.zero_grad()  # grads None: flat_grads must make a new buffer
+        np.random.seed(3)  # noqa: NPY002 -- SB3's buffers shuffle with the global RNG
+        update(model)
+        results.append(params(model))
+        norms.append(th.cat([p.grad.flatten() for p in model.policy.parameters()]).norm())
+    moved = max((results[0][k] - start_policy[k]).abs().max() for k in start_policy)
+    assert moved > 1e-4
+    for name in results[0]:
+        assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5, msg=name)
+    assert_close(norms[0], norms[1])
+    assert abs(float(norms[0]) - 0.05) < 1e-5  # the last step's gradient was clipped, in both
+    flat = model.policy.flat_grads()  # after SB3's own step the views were kept
+    assert flat is not None and flat.numel() == sum(p.numel() for p in model.policy.parameters())
+    grads = [p.grad for p in model.policy.parameters()]
+    flat.fill_(1.0)
+    assert all((g == 1.0).all() for g in grads)  # every .grad is a view of the buffer
+    model.policy.optimizer.zero_grad()
+    assert model.policy.flat_grads() is not flat  # replaced gradients: a new buffer
+
+
 def test_rollout_advantage_normalization_matches_reference() -> None:
     adv = np.random.default_rng(0).normal(3.0, 2.0, (40, 3)).astype(np.float32)
     ref = th.as_tensor(adv).flatten()

@@ -88,6 +88,88 @@ def test_matches_the_naive_reference(make_encoder, plan, window):
     assert (naive_encode(enc_wide, x) - expected).abs().max() > 1e-3
 
 
+TRIM_PLANS = [
+    (KVSharingPlan.reference(), 4),
+    (KVSharingPlan.mha(3, 4), 3),
+    (KVSharingPlan.cla(4, 4, 2, 2), 5),
+    (KVSharingPlan.mlkv(4, 4, 2, 1), 1),
+]
+
+
+@pytest.mark.parametrize(("plan", "window"), TRIM_PLANS)
+@pytest.mark.parametrize("chunk", [2048, 5])
+def test_outputs_from_matches_the_naive_reference_with_gradients(make_encoder, plan, window,
+                                                                 chunk):
+    """encode_series(x, outputs_from=c) is rows c.. of the naive reference, and its
+    gradients (weights and inputs) are those of the untrimmed pass's rows c.."""
+    enc = make_encoder(plan, window).double()
+    rf = enc.receptive_field
+    x = torch.randn(2, rf + 17, 5, dtype=torch.float64)
+    expected = torch.stack([naive_encode(enc, x[b]) for b in range(2)])  # [2, N, D]
+    for c in sorted({0, 1, window - 1, window, rf - 1, rf + 3}):
+        got = enc.encode_series(x, chunk=chunk, outputs_from=c)
+        torch.testing.assert_close(got, expected[:, c:], atol=1e-10, rtol=0)
+    c = rf - 1
+    g = torch.randn(2, x.shape[1] - c, 32, dtype=torch.float64)
+    grads = []
+    for trimmed in (True, False):
+        xg = x.clone().requires_grad_(True)
+        enc.zero_grad(set_to_none=True)
+        out = enc.encode_series(xg, outputs_from=c) if trimmed else enc.encode_series(xg)[:, c:]
+        (out * g).sum().backward()
+        grads.append([xg.grad] + [p.grad for p in enc.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_outputs_from_skips_tokens_and_fails_when_it_skips_one_too_many(make_encoder,
+                                                                       monkeypatch):
+    """The reference plan's groups run on L+30 / L+15 / L tokens (W = 16); a region one
+    token too short is caught by the reference comparison."""
+    enc = make_encoder(KVSharingPlan.reference(), 16).double()
+    assert enc.series_regions(45) == ([15] * 3 + [30] * 3 + [45] * 3, 0)
+    assert enc.series_tokens(109, 45) == 3 * (96 + 80 + 64)
+    assert enc.series_tokens(109, 0) == 9 * 112
+    x = torch.randn(109, 5, dtype=torch.float64)
+    expected = naive_encode(enc, x)[45:]
+    with torch.inference_mode():
+        torch.testing.assert_close(enc.encode_series(x, outputs_from=45), expected,
+                                   atol=1e-10, rtol=0)
+        regions = enc.series_regions
+        for layer in (0, 3):  # the first query token one too late, in each trimmed group
+
+            def short(c, layer=layer):
+                starts, first = regions(c)
+                return [s + (i == layer) for i, s in enumerate(starts)], first
+
+            monkeypatch.setattr(enc, "series_regions", short)
+            wrong = enc.encode_series(x, outputs_from=45)
+            assert (wrong - expected).abs().max() > 1e-6
+            monkeypatch.undo()
+
+
+def test_outputs_from_rounds_like_the_whole_pass_under_bf16():
+    """Under bf16 autocast the trimmed pass gives the whole pass's rows: its matmuls see
+    contiguous rows, as the whole pass's do (a strided view of them rounds differently)."""
+    cfg = EncoderConfig(5, 32, KVSharingPlan.mlkv(3, 4, 2, 2), window=4, autocast_bf16=True)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        enc = MLKVEncoder(cfg)
+        with torch.no_grad():
+            for p in enc.parameters():  # sharp weights: a rounding difference would show
+                p.add_(0.2 * torch.randn_like(p))
+            x = torch.randn(3, 30, 5)
+            c = enc.receptive_field - 1
+            torch.testing.assert_close(enc.encode_series(x, outputs_from=c),
+                                       enc.encode_series(x)[:, c:], atol=1e-6, rtol=0)
+
+
+def test_outputs_from_is_checked(make_encoder):
+    enc = make_encoder(KVSharingPlan.mha(2, 2), 3)
+    with pytest.raises(ValueError, match="outputs_from must be in"):
+        enc.encode_series(torch.randn(6, 5), outputs_from=6)
+
+
 @pytest.mark.parametrize(
     ("plan", "layers", "memory"),
     [
