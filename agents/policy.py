@@ -344,7 +344,7 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         Feed rows to :meth:`heads_from_encoded` to run K passes over one encoding.
         """
         x = th.as_tensor(features, device=self.device, dtype=th.float32)
-        return th.cat([e.encode_bars(x) for e in self._extractors()], dim=-1)
+        return self._joined("encode_bars", x)
 
     def encode_spans(
         self,
@@ -354,10 +354,7 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         context: int | None = None,
     ) -> th.Tensor:
         """:meth:`MLKVExtractor.encode_spans` for every extractor: ``[S, L, encoding_dim]``."""
-        return th.cat(
-            [e.encode_spans(features, starts, lengths, context) for e in self._extractors()],
-            dim=-1,
-        )
+        return self._joined("encode_spans", features, starts, lengths, context)
 
     def encode_packed(
         self,
@@ -367,10 +364,7 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         context: int | None = None,
     ) -> th.Tensor:
         """:meth:`MLKVExtractor.encode_packed` for every extractor: ``[M, encoding_dim]``."""
-        return th.cat(
-            [e.encode_packed(features, starts, lengths, context) for e in self._extractors()],
-            dim=-1,
-        )
+        return self._joined("encode_packed", features, starts, lengths, context)
 
     def encode_samples(
         self,
@@ -380,10 +374,11 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         context: int | None = None,
     ) -> th.Tensor:
         """:meth:`MLKVExtractor.encode_samples` for every extractor: ``[M, encoding_dim]``."""
-        return th.cat(
-            [e.encode_samples(features, starts, lengths, context) for e in self._extractors()],
-            dim=-1,
-        )
+        return self._joined("encode_samples", features, starts, lengths, context)
+
+    def _joined(self, method: str, *args: Any) -> th.Tensor:
+        """``method(*args)`` of every extractor, joined on the last axis (actor's first)."""
+        return th.cat([getattr(e, method)(*args) for e in self._extractors()], dim=-1)
 
     def heads_from_encoded(
         self, encoded: th.Tensor, account: th.Tensor
