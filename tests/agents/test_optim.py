@@ -83,11 +83,16 @@ def test_flat_steps_equal_adam_and_state_dicts_interchange(kwargs) -> None:
             assert_close(a, b, atol=1e-7, rtol=1e-6)
 
 
+def twins() -> tuple[nn.Module, th.optim.Adam, nn.Module, FlatAdam]:
+    """The same net twice: one with torch's fused Adam, one with FlatAdam."""
+    ref, model = net(), net()
+    return (ref, th.optim.Adam(ref.parameters(), lr=1e-2, fused=True), model,
+            FlatAdam(model.parameters(), lr=1e-2, fused=True))
+
+
 def test_scattered_gradients_take_adams_own_step() -> None:
     """Gradients that are not views of one buffer: Adam's per-parameter step, same result."""
-    ref, model = net(), net()
-    opt_ref = th.optim.Adam(ref.parameters(), lr=1e-2, fused=True)
-    opt = FlatAdam(model.parameters(), lr=1e-2, fused=True)
+    ref, opt_ref, model, opt = twins()
     train(ref, opt_ref, 3, flat=False)
     train(model, opt, 3, flat=False)
     assert opt._flat is None
@@ -102,9 +107,7 @@ def test_scattered_gradients_take_adams_own_step() -> None:
 
 def test_a_moved_parameter_is_noticed_and_the_flat_buffer_remade() -> None:
     """A parameter whose data was replaced (e.g. by ``module.to``) is not stepped stale."""
-    ref, model = net(), net()
-    opt_ref = th.optim.Adam(ref.parameters(), lr=1e-2, fused=True)
-    opt = FlatAdam(model.parameters(), lr=1e-2, fused=True)
+    ref, opt_ref, model, opt = twins()
     train(ref, opt_ref, 2, flat=False)
     train(model, opt, 2, flat=True)
     first = opt._flat
