@@ -227,12 +227,7 @@ class MLKVExtractor(BaseFeaturesExtractor):
             ``i < lengths[s]`` (later rows are padding).
         """
         ctx, starts, lengths = self._spans("encode_spans", starts, lengths, context)
-        n_bars = features.shape[0]
-        length = int(lengths.max())
-        first = th.as_tensor(starts - ctx, device=features.device)  # [S]
-        offsets = th.arange(ctx + length, device=features.device)  # [ctx + L]
-        index = (first[:, None] + offsets[None, :]).clamp_(max=n_bars - 1)  # [S, ctx + L]
-        x = features[index]  # [S, ctx + L, F]
+        x = span_bars(features, starts, ctx, int(lengths.max()))  # [S, ctx + L, F]
         return self.encoder.encode_series(x, outputs_from=ctx)  # [S, L, D]
 
     def _spans(
@@ -325,6 +320,17 @@ class MLKVExtractor(BaseFeaturesExtractor):
             np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         )  # [M] row of each sample in [S * L]
         return encoded.reshape(S * longest, -1)[th.as_tensor(keep, device=features.device)]
+
+
+def span_bars(features: th.Tensor, starts: np.ndarray, context: int, length: int) -> th.Tensor:
+    """``[S, context + length, F]``: span ``s``'s ``context`` bars then its ``length`` bars.
+
+    Rows past the last bar repeat it (padding of spans shorter than ``length``).
+    """
+    first = th.as_tensor(np.asarray(starts) - context, device=features.device)  # [S]
+    offsets = th.arange(context + length, device=features.device)  # [ctx + L]
+    index = (first[:, None] + offsets[None, :]).clamp_(max=features.shape[0] - 1)
+    return features[index]
 
 
 def _check_observation_space(space: spaces.Space) -> tuple[spaces.Box, spaces.Box]:

@@ -130,6 +130,11 @@ class MLKVPPO(PPO):
             (``batch_size / segment_len`` segments at least). With the reference plan at
             ``W = 16`` (receptive field 46) the default 64 costs ~1.7 tokens per sample.
         rollout_chunk: bars encoded at a time per env during rollouts.
+        compile_update: ``torch.compile`` the update's forward for minibatches of whole
+            segments of one length (:meth:`MLKVActorCriticPolicy.compile_update`): about
+            1.6x on a CPU core's forward + backward for a one-off compile of about a minute
+            (worth it for runs of more than a few minutes). Not with the encoder's own
+            ``compile``.
         **kwargs: PPO's keyword arguments.
     """
 
@@ -147,6 +152,7 @@ class MLKVPPO(PPO):
         fast_update: bool = True,
         segment_len: int = 64,
         rollout_chunk: int = 256,
+        compile_update: bool = False,
         **kwargs: Any,
     ) -> None:
         if segment_len < 1 or rollout_chunk < 1:
@@ -158,6 +164,7 @@ class MLKVPPO(PPO):
         self.fast_update = fast_update
         self.segment_len = segment_len
         self.rollout_chunk = rollout_chunk
+        self.compile_update = compile_update
         self._features_cache: tuple[np.ndarray, th.Tensor] | None = None
         self._warned_plain = False
         policy_kwargs = kwargs.get("policy_kwargs")
@@ -178,6 +185,23 @@ class MLKVPPO(PPO):
             super()._setup_model()
         finally:
             self.rollout_buffer_class, self.rollout_buffer_kwargs = user_class, user_kwargs
+        if getattr(self, "compile_update", False):
+            self._compile_update()
+
+    #: ``torch.compile`` backend of ``compile_update`` (tests set ``"aot_eager"``).
+    compile_backend: ClassVar[str] = "inductor"
+
+    def _compile_update(self) -> None:
+        policy = self.policy
+        if not isinstance(policy, MLKVActorCriticPolicy):
+            raise ValueError("MLKVPPO: compile_update needs the MLKV policy (\"MLKVPolicy\").")
+        if policy.features_extractor.config.compile is not None:
+            raise ValueError(
+                "MLKVPPO: compile_update and the encoder's compile (model.compile) both compile "
+                "the update; set one of them (compile_update: the whole forward with static "
+                "shapes, fastest on a CPU; model.compile: the encoder, for the CUDA path)."
+            )
+        policy.compile_update(self.compile_backend)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_features_cache", "_warned_plain"]

@@ -341,3 +341,40 @@ def test_reference_plan_builds_through_policy_kwargs() -> None:
     cfg = model.policy.features_extractor.config
     assert cfg.plan == KVSharingPlan.reference() and cfg.n_features == 9
     assert model.policy.receptive_field == 46 and model.policy.log_std_range == (-4.0, 0.5)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_compiled_update_equals_eager_update(tiny_encoder, share, monkeypatch) -> None:
+    """compile_update: minibatches of whole equal segments go through the compiled
+    evaluate_segments (one graph) and move the weights as the eager update does; the
+    compiled function really ran, and a minibatch of unequal pieces still runs eager."""
+    monkeypatch.setattr(MLKVPPO, "compile_backend", "aot_eager")  # inductor: ~1 min here
+    kw = {**PPO_KW, "n_steps": 48, "batch_size": 16}  # resets every 24 steps: segments of 8
+    models = [
+        one_rollout(MLKVPPO(MLKVActorCriticPolicy, venv(), segment_len=8, compile_update=c,
+                            policy_kwargs={"encoder": tiny_encoder,
+                                           "share_features_extractor": share}, **kw))
+        for c in (False, True)
+    ]
+    eager, compiled = models
+    compiled.policy.load_state_dict(eager.policy.state_dict())
+    compiled.rollout_buffer = eager.rollout_buffer
+    calls = []
+    inner = compiled.policy._compiled_segments
+    compiled.policy._compiled_segments = lambda *a: calls.append(a[0].shape) or inner(*a)
+    for model in models:
+        np.random.seed(3)  # noqa: NPY002 -- SB3's buffers shuffle with the global RNG
+        model.train()
+    assert calls and all(shape[0] == 2 for shape in calls)  # 16 samples = 2 segments of 8
+    for name, value in params(eager).items():
+        assert_close(params(compiled)[name], value, atol=1e-5, rtol=1e-4, msg=name)
+    obs = next(eager.rollout_buffer.get(16)).observations
+    uneven = dataclasses.replace(obs, lengths=np.array([7, 9]), starts=obs.starts + [0, -1])
+    n_before = len(calls)
+    compiled.policy.evaluate_actions(uneven, th.zeros(16, 1))
+    assert len(calls) == n_before
+
+
+def test_compile_update_refuses_a_compiled_encoder(tiny_encoder) -> None:
+    with pytest.raises(ValueError, match="compile_update and the encoder's compile"):
+        make(MLKVPPO, venv(), {**tiny_encoder, "compile": "default"}, compile_update=True)

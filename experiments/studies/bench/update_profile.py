@@ -18,6 +18,15 @@ mean per step (the least disturbed epoch on a shared machine) and the median.
 Run it on two checkouts to compare (the script only uses what both have)::
 
     PYTHONPATH=. python experiments/studies/bench/update_profile.py --repeats 5
+
+``--compiled`` instead measures what ``torch.compile`` (inductor, static shapes) would buy:
+the forward and backward of the same minibatches' PPO loss (segment encoding from the
+gathered bars, heads, Gaussian log-prob and entropy, clipped surrogate, value loss),
+eager and compiled, alternating epochs, after checking that the two give the same loss;
+plus the one-off compile time. The shipped update does not compile (an experiment for the
+next step of issue 16; on CPU the compile takes about a minute)::
+
+    PYTHONPATH=. python experiments/studies/bench/update_profile.py --compiled --repeats 3
 """
 
 from __future__ import annotations
@@ -94,6 +103,71 @@ def step(model: Any, data: Any, flat: th.Tensor | None, times: dict[str, float])
         times[part] += dt
 
 
+def segment_loss(model: Any) -> Any:
+    """``(x [S, ctx + L, F], account, actions, old_log_prob, advantages, returns) -> loss``:
+    the fast update's loss on whole segments, as tensors only (no numpy: one graph)."""
+    policy = model.policy
+    encoder, ctx = policy.features_extractor.encoder, policy.receptive_field - 1
+    d = policy.encoding_dim
+
+    def loss(
+        x: th.Tensor,
+        account: th.Tensor,
+        actions: th.Tensor,
+        old_log_prob: th.Tensor,
+        advantages: th.Tensor,
+        returns: th.Tensor,
+    ) -> th.Tensor:
+        encoded = encoder.encode_series(x, outputs_from=ctx).reshape(-1, d)  # [M, D]
+        mean, log_sigma, values = policy.heads_from_encoded(encoded, account)
+        normal = th.distributions.Normal(mean, log_sigma.exp(), validate_args=False)
+        log_prob, entropy = normal.log_prob(actions).sum(-1), normal.entropy().sum(-1)
+        ratio = th.exp(log_prob - old_log_prob)
+        policy_loss = -th.min(advantages * ratio, advantages * th.clamp(ratio, 0.8, 1.2)).mean()
+        value_loss = F.mse_loss(returns, values.flatten())
+        return policy_loss - model.ent_coef * entropy.mean() + model.vf_coef * value_loss
+
+    return loss
+
+
+def compiled_comparison(model: Any, batches: list[Any], repeats: int) -> str:
+    """Eager vs compiled forward + backward of :func:`segment_loss`, ms per step (CPU)."""
+    ctx = model.policy.receptive_field - 1
+    inputs = []
+    for data in batches:
+        obs = data.observations
+        starts, longest = np.asarray(obs.starts), int(np.max(obs.lengths))
+        if np.any(np.asarray(obs.lengths) != longest):
+            continue  # whole segments only: one static shape
+        index = th.as_tensor(starts - ctx)[:, None] + th.arange(ctx + longest)[None, :]
+        inputs.append((obs.features[index], obs.account, data.actions, data.old_log_prob,
+                       data.advantages, data.returns))
+    eager = segment_loss(model)
+    compiled = th.compile(eager, dynamic=False)
+    t0 = time.perf_counter()
+    compiled(*inputs[0]).backward()
+    compile_s = time.perf_counter() - t0
+    assert th.allclose(compiled(*inputs[0]), eager(*inputs[0]), rtol=1e-4, atol=1e-5)
+
+    def epoch(fn: Any) -> float:
+        t = time.process_time()
+        for args in inputs:
+            model.policy.optimizer.zero_grad()
+            fn(*args).backward()
+        return 1e3 * (time.process_time() - t) / len(inputs)
+
+    runs: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for _ in range(repeats):
+        runs["eager"].append(epoch(eager))
+        runs["compiled"].append(epoch(compiled))
+    e, c = min(runs["eager"]), min(runs["compiled"])
+    return (
+        f"forward + backward of the segment loss, {len(inputs)} minibatches, min of {repeats} "
+        f"alternating epochs: eager {e:.2f} ms, compiled {c:.2f} ms per step ({e / c:.2f}x); "
+        f"compile {compile_s:.0f} s once"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -101,6 +175,7 @@ def main() -> None:
     )
     ap.add_argument("--repeats", type=int, default=5, help="timed epochs (32 steps each)")
     ap.add_argument("--label", default="", help="a label for the output line")
+    ap.add_argument("--compiled", action="store_true", help="eager vs torch.compile'd loss")
     args = ap.parse_args()
     th.set_num_threads(1)
     model = build()
@@ -109,6 +184,9 @@ def main() -> None:
     flat = policy.flat_grads() if hasattr(policy, "flat_grads") else None
     np.random.seed(0)  # noqa: NPY002 -- SB3's buffers shuffle with the global RNG
     batches = list(model.rollout_buffer.get(model.batch_size))
+    if args.compiled:
+        print(compiled_comparison(model, batches, args.repeats))
+        return
     warm = {p: 0.0 for p in PARTS}
     for data in batches[:8]:
         step(model, data, flat, warm)
