@@ -369,7 +369,8 @@ def test_compiled_update_equals_eager_update(tiny_encoder, share, monkeypatch) -
     for name, value in params(eager).items():
         assert_close(params(compiled)[name], value, atol=1e-5, rtol=1e-4, msg=name)
     obs = next(eager.rollout_buffer.get(16)).observations
-    uneven = dataclasses.replace(obs, lengths=np.array([7, 9]), starts=obs.starts + [0, -1])
+    starts = obs.starts + np.array([0, -1])
+    uneven = dataclasses.replace(obs, lengths=np.array([7, 9]), starts=starts)
     n_before = len(calls)
     compiled.policy.evaluate_actions(uneven, th.zeros(16, 1))
     assert len(calls) == n_before

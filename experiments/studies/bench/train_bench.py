@@ -134,17 +134,42 @@ def peer_run(total: int, window: int = 128) -> Run:
     return timed_learn(m, total)
 
 
-def ours_run(total: int, equal_work: bool, device: str = "cpu") -> Run:
+def ours_agent(equal_work: bool, device: str = "cpu", compile_update: bool = False) -> Any:
     """MLKVPPO on MarketReplayVecEnv from eurusd_ppo.yaml; ``equal_work``: SB3's PPO work."""
     from experiments.config import load_config
     from experiments.factory import build_agent, load_split, make_venv
 
     cfg = replace(load_config(CONFIG), device=device)
+    cfg = replace(cfg, ppo=replace(cfg.ppo, compile_update=compile_update))
     if equal_work:  # 2,048 samples per update, minibatch 64, 10 epochs
         ppo = replace(cfg.ppo, n_steps=2048 // cfg.n_envs, batch_size=64, n_epochs=10)
         cfg = replace(cfg, ppo=ppo)
-    venv = make_venv(load_split(cfg.data).train, cfg)
-    return timed_learn(build_agent(cfg, venv), total)
+    return build_agent(cfg, make_venv(load_split(cfg.data).train, cfg))
+
+
+def ours_run(total: int, equal_work: bool, device: str = "cpu") -> Run:
+    """A fresh agent's timed ``learn(total)`` (:func:`ours_agent`)."""
+    return timed_learn(ours_agent(equal_work, device), total)
+
+
+class CompiledOurs:
+    """Ours at equal work with ``ppo.compile_update``, timed after its one-off compile.
+
+    The first call builds the agent and runs one rollout and update (which compiles the
+    update's graphs: :attr:`compile_s` wall seconds); every call then times ``learn(total)``
+    of that same agent, so the figure is the compiled update's steady state.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total, self.model, self.compile_s = total, None, float("nan")
+
+    def __call__(self) -> Run:
+        if self.model is None:
+            self.model = ours_agent(True, compile_update=True)
+            t0 = time.perf_counter()
+            self.model.learn(self.model.n_steps * self.model.n_envs)
+            self.compile_s = time.perf_counter() - t0
+        return timed_learn(self.model, self.total)
 
 
 def median_run(runs: list[Run]) -> Run:
@@ -165,6 +190,10 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true", help="skip the (slow) peer")
     ap.add_argument("--cuda", action="store_true", help="also time ours with device='cuda'")
     ap.add_argument("--quick", action="store_true", help="one repeat, no peer (smoke run)")
+    ap.add_argument(
+        "--compiled", action="store_true",
+        help="add ours at equal work with ppo.compile_update (timed after its compile)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.repeats, args.no_peer = 1, True
@@ -186,6 +215,9 @@ def main() -> None:
         "equal": ("ours, equal work (8x256/64/10)", lambda: ours_run(args.steps, True)),
         "shipped": ("ours, shipped eurusd_ppo (8x512/256/4)", lambda: ours_run(args.steps, False)),
     }
+    compiled = CompiledOurs(args.steps)
+    if args.compiled:
+        setups["compiled"] = ("ours, equal work, compile_update (8x256/64/10)", compiled)
     if args.no_peer:
         del setups["peer"]
     print(
@@ -206,12 +238,16 @@ def main() -> None:
             r = med[key]
             ratio = (
                 f"equal {fps['equal'] / fps[key]:,.2f}x / shipped {fps['shipped'] / fps[key]:,.2f}x"
+                + (f" / compiled {fps['compiled'] / fps[key]:,.2f}x" if "compiled" in fps else "")
                 if key in ("mlp", "peer") else ""
             )
             print(
                 f"| {threads} | {name} | {r.steps / r.wall:,.1f} | {fps[key]:,.1f} | "
                 f"{r.grad_steps / r.cpu:,.1f} | {r.train_cpu / r.cpu:.0%} | {ratio} |"
             )
+    if args.compiled:
+        print(f"# compile_update: one-off compile + first rollout and update "
+              f"{compiled.compile_s:.0f} s wall (not in its row)")
     print(f"# load average at end {os.getloadavg()[0]:.1f}")
     if args.cuda and torch.cuda.is_available():
         for equal in (True, False):
