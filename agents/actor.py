@@ -24,7 +24,7 @@ from typing import Any
 import torch as th
 from torch import nn
 
-__all__ = ["ActorProgram", "StackedActor", "actor_program", "stack_actors"]
+__all__ = ["ActorProgram", "StackedActor", "actor_program", "stack_actors", "stackable"]
 
 ACTIVATIONS = {nn.Tanh: th.tanh, nn.ReLU: th.relu}
 """Activation layers a program can hold, and the function each applies."""
@@ -139,15 +139,15 @@ class StackedActor:
         return self._run(self._action, latent), log_sigma
 
 
-def stack_actors(programs: Sequence[ActorProgram | None]) -> StackedActor | None:
-    """One :class:`StackedActor` for ``programs``, or None if they cannot be stacked.
-
-    They can when every program exists, all have the same layer kinds and shapes, their
-    weights live on one device with one dtype, and no linear layer has a single input.
-    """
+def stackable(programs: Sequence[ActorProgram | None]) -> bool:
+    """Whether :func:`stack_actors` can stack ``programs``: every program exists, all have
+    the same layer kinds and shapes, their weights live on one device with one dtype, and
+    no linear layer has a single input."""
     if not programs or any(p is None for p in programs):
-        return None
+        return False
     shapes = programs[0].shapes()
+    if any(p.shapes() != shapes for p in programs[1:]):
+        return False
     tensors = [
         step[1]
         for p in programs
@@ -155,8 +155,11 @@ def stack_actors(programs: Sequence[ActorProgram | None]) -> StackedActor | None
         for step in part
         if step[0] == "linear"
     ]
-    if any(p.shapes() != shapes for p in programs[1:]):
-        return None
-    if len({(t.device, t.dtype) for t in tensors}) > 1 or any(t.shape[1] < 2 for t in tensors):
-        return None
-    return StackedActor(programs)
+    return len({(t.device, t.dtype) for t in tensors}) <= 1 and all(
+        t.shape[1] >= 2 for t in tensors
+    )
+
+
+def stack_actors(programs: Sequence[ActorProgram | None]) -> StackedActor | None:
+    """One :class:`StackedActor` for ``programs``, or None if they are not :func:`stackable`."""
+    return StackedActor(programs) if stackable(programs) else None

@@ -185,7 +185,7 @@ class MLKVPPO(PPO):
             super()._setup_model()
         finally:
             self.rollout_buffer_class, self.rollout_buffer_kwargs = user_class, user_kwargs
-        if getattr(self, "compile_update", False):
+        if self.compile_update:
             self._compile_update()
 
     #: ``torch.compile`` backend of ``compile_update`` (tests set ``"aot_eager"``).

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from agents.actor import stackable
 from envs import EnvConfig
 from envs.kernels import M_CLOSE, MarketArrays
 
@@ -34,10 +35,10 @@ from .passes import (
     CHUNK,
     PassResult,
     ScheduledRun,
+    actor_program,
     encodes_bars,
     iter_lockstep_passes,
     iter_policy_passes,
-    lockstep_actor,
     walk_times,
 )
 from .streaming import PassAccumulator, PassSummary, RandomTargets, random_timing
@@ -224,8 +225,8 @@ def lockstep_groups(policies: list[Any], passes: int, n_steps: int) -> list[list
     """Indices of the policies :func:`backtest` walks together, in order.
 
     Consecutive policies share a walk when their actors stack
-    (:func:`evaluation.passes.lockstep_actor`) and their null paths fit in
-    :data:`LOCKSTEP_BYTES`; anything else walks alone.
+    (:func:`agents.actor.stackable`, checked without stacking the weights) and their null
+    paths fit in :data:`LOCKSTEP_BYTES`; anything else walks alone.
     """
     size = max(1, LOCKSTEP_BYTES // max(1, 5 * passes * n_steps))
     groups: list[list[int]] = []
@@ -236,7 +237,7 @@ def lockstep_groups(policies: list[Any], passes: int, n_steps: int) -> list[list
             and len(group) < size
             and encodes_bars(policy)
             and all(encodes_bars(policies[j]) for j in group)
-            and lockstep_actor([policies[j] for j in group] + [policy]) is not None
+            and stackable([actor_program(policies[j]) for j in [*group, i]])
         ):
             group.append(i)
         else:

@@ -158,12 +158,18 @@ def encodes_bars(policy: Any) -> bool:
     return hasattr(policy, "encode_bars") and hasattr(policy, "heads_from_encoded")
 
 
+def actor_program(policy: Any) -> Any:
+    """The policy's :class:`agents.actor.ActorProgram`, or None if it has none."""
+    make = getattr(policy, "actor_program", None)
+    return make() if make is not None else None
+
+
 def lockstep_actor(policies: list[Any]) -> Any:
     """One actor for all ``policies``: ``[S, K, D], [S, K, A] -> (mean, log_sigma)``, each
     ``[S, K, act]`` (:func:`agents.actor.stack_actors`). A single policy whose actor does
     not stack runs its module path; None when several cannot share one (run them one at a
     time)."""
-    stacked = stack_actors([getattr(p, "actor_program", lambda: None)() for p in policies])
+    stacked = stack_actors([actor_program(p) for p in policies])
     if stacked is not None or len(policies) > 1:
         return stacked
     policy = policies[0]
@@ -334,34 +340,16 @@ def _generic_passes(
         torch.random.default_generator.manual_seed(seed)
         for d in devices:
             torch.cuda.default_generators[d].manual_seed(seed)
-        return _generic_chunk(policy, candles, env_config, n_passes, mask, seed)
-
-
-def _cuda_devices(policy: Any) -> list[int]:
-    """CUDA devices the policy samples on (their RNG is forked too); [] on CPU."""
-    params = getattr(policy, "parameters", None)
-    if params is None or not torch.cuda.is_available():
-        return []
-    return sorted({p.device.index or 0 for p in params() if p.device.type == "cuda"})
-
-
-def _generic_chunk(
-    policy: Any,
-    candles: pd.DataFrame | MarketArrays,
-    env_config: EnvConfig,
-    n_passes: int,
-    mask: np.ndarray,
-    seed: int,
-) -> PassChunk:
-    """:func:`_generic_passes` inside its forked, seeded RNG."""
-    venv = MarketReplayVecEnv(candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed)
-    finished = np.zeros(n_passes, dtype=bool)
-    obs = venv.reset()
-    with torch.no_grad():
-        while not finished.all():
-            action = _predict(policy, obs, mask)
-            obs, _, dones, _ = venv.step(np.asarray(action, dtype=np.float32).reshape(-1, 1))
-            finished |= dones
+        venv = MarketReplayVecEnv(
+            candles, env_config.replace(mode="test"), n_envs=n_passes, seed=seed
+        )
+        finished = np.zeros(n_passes, dtype=bool)
+        obs = venv.reset()
+        with torch.no_grad():
+            while not finished.all():
+                action = _predict(policy, obs, mask)
+                obs, _, dones, _ = venv.step(np.asarray(action, dtype=np.float32).reshape(-1, 1))
+                finished |= dones
     ledger = venv.ledger_arrays(completed=True)
     valid = ledger["bar"] >= 0  # [K, N]; False only after a ruined pass ended early
     equity_before = np.concatenate(
@@ -376,6 +364,14 @@ def _generic_chunk(
         nan,
         nan,
     )
+
+
+def _cuda_devices(policy: Any) -> list[int]:
+    """CUDA devices the policy samples on (their RNG is forked too); [] on CPU."""
+    params = getattr(policy, "parameters", None)
+    if params is None or not torch.cuda.is_available():
+        return []
+    return sorted({p.device.index or 0 for p in params() if p.device.type == "cuda"})
 
 
 class ScheduledActions:
