@@ -17,7 +17,8 @@ Two kernels, used by every mode of the encoder:
   again with the ``G`` query heads folded into the query axis.
 
 Both call ``torch.nn.functional.scaled_dot_product_attention``, which picks a fused
-kernel on CUDA and a vectorised one on CPU.
+kernel on CUDA and a vectorised one on CPU; compiled for the CPU, block attention is
+:func:`masked_attention` instead, which inductor fuses better at these sizes.
 
 Precision: queries and keys arrive rotated in float32 (see :mod:`models.rotary`) and the
 attention itself runs in float32 with autocast off, also under bf16 autocast. A bar is
@@ -42,6 +43,8 @@ __all__ = [
     "block_attention",
     "first_chunk_mask",
     "kv_blocks",
+    "masked_attention",
+    "rotation_tables",
     "step_attention",
     "token_region",
 ]
@@ -88,9 +91,9 @@ def kv_blocks(x: torch.Tensor, window: int) -> torch.Tensor:
 
 def first_chunk_mask(band: torch.Tensor, first: torch.Tensor, blocks: int) -> torch.Tensor:
     """``[1, blocks, G*W, 2W]``: ``first`` for block 0, ``band`` for the others."""
-    GW, W2 = band.shape
-    rest = band.expand(1, blocks - 1, GW, W2)  # [1, blocks-1, G*W, 2W]
-    return torch.cat((first.expand(1, 1, GW, W2), rest), dim=1)  # [1, blocks, G*W, 2W]
+    # pointwise (not a cat of expands), so a compiled softmax reads it in its own layout
+    block0 = torch.arange(blocks, device=band.device)[:, None, None] == 0  # [blocks, 1, 1]
+    return torch.where(block0, first, band)[None]  # [1, blocks, G*W, 2W]
 
 
 def block_attention(
@@ -138,9 +141,32 @@ def block_attention(
         kc = k2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
         vc = v2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
         with torch.autocast(q.device.type, enabled=False):  # fp32 scores, see the module doc
-            y = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout_p)
+            if dropout_p == 0.0 and q.device.type == "cpu" and torch.compiler.is_compiling():
+                y = masked_attention(qc, kc, vc, mask)
+            else:
+                y = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout_p)
         outs.append(y.view(B, Hkv, b1 - b0, GW, Dh))  # [B, Hkv, nbc, G*W, Dh]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # [B, Hkv, nb, G*W, Dh]
+
+
+def masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(Dh) + mask) v``, what SDPA computes, as plain ops.
+
+    :func:`block_attention` uses it when compiled for the CPU: inductor fuses the scale,
+    mask and softmax around two batched matmuls, forward and backward, about twice as fast
+    as SDPA's CPU flash kernel on blocks this small (``Dh`` of 8, ``2W`` keys).
+
+    Args:
+        q: ``[..., Q, Dh]``; k, v: ``[..., K, Dh]``; mask: additive, broadcastable to
+            ``[..., Q, K]`` (every query must see at least one key).
+
+    Returns:
+        ``[..., Q, Dh]``.
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2) + mask  # [..., Q, K]
+    return scores.softmax(-1) @ v  # [..., Q, Dh]
 
 
 def step_attention(
@@ -160,6 +186,12 @@ def step_attention(
     mask = valid[:, None, None, :]  # [B, 1, 1, W]
     with torch.autocast(q.device.type, enabled=False):  # fp32 scores, see the module doc
         return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+
+
+def rotation_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` ``[P, Dh/2]`` -> ``([cos, cos], [-sin, sin])`` ``[P, Dh]``, the tables
+    :meth:`SeriesState.rotate` multiplies by."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def token_region(x: torch.Tensor, x_start: int, start: int, length: int) -> torch.Tensor:
@@ -199,8 +231,9 @@ class SeriesState:
     blocks that several layers read are cut once.
 
     Args:
-        cos: ``[P, Dh/2]`` rotary cosines of positions ``0 .. P-1`` (float32 or wider).
-        sin: ``[P, Dh/2]`` rotary sines.
+        cos2: ``[P, Dh]`` rotary cosines of positions ``0 .. P-1``, twice (``[cos, cos]``),
+            float32 or wider.
+        sin2: ``[P, Dh]`` rotary sines, as ``[-sin, sin]`` (:func:`rotation_tables`).
         window: ``W``.
         group: ``G``, query heads per KV head.
         chunk_blocks: blocks per attention call.
@@ -208,21 +241,18 @@ class SeriesState:
 
     def __init__(
         self,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        cos2: torch.Tensor,
+        sin2: torch.Tensor,
         window: int,
         group: int,
         chunk_blocks: int,
     ) -> None:
-        # x * [cos, cos] + swap_halves(x) * [-sin, sin] is apply_rotary's rotation (the
-        # same products and sums, so the same floats) in 4 ops instead of 8
-        self.cos2 = torch.cat((cos, cos), dim=-1)  # [P, Dh]
-        self.sin2 = torch.cat((-sin, sin), dim=-1)  # [P, Dh]
+        self.cos2, self.sin2 = cos2, sin2  # [P, Dh] each
         self.window = window
         self.chunk_blocks = chunk_blocks
-        band = band_mask(window, group, device=cos.device)  # [G*W, 2W]
+        band = band_mask(window, group, device=cos2.device)  # [G*W, 2W]
         # additive float masks: SDPA would convert a bool mask in every call, forward and back
-        self.band = torch.zeros(band.shape, dtype=cos.dtype, device=band.device).masked_fill_(
+        self.band = torch.zeros(band.shape, dtype=cos2.dtype, device=band.device).masked_fill_(
             ~band, float("-inf")
         )  # [G*W, 2W]: 0 where attention is allowed, -inf elsewhere
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # owner: k, v, start
@@ -230,7 +260,11 @@ class SeriesState:
         self._first: dict[tuple[int, int], torch.Tensor] = {}
 
     def rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate queries or keys of positions ``start ..``: ``[B, n, *heads, Dh]`` (float32+)."""
+        """Rotate queries or keys of positions ``start ..``: ``[B, n, *heads, Dh]`` (float32+).
+
+        ``x * [cos, cos] + swap_halves(x) * [-sin, sin]`` is :func:`apply_rotary`'s rotation
+        (the same products and sums, so the same floats) in 4 ops instead of 8.
+        """
         n, Dh = x.shape[1], x.shape[-1]
         shape = (n,) + (1,) * (x.dim() - 3) + (Dh,)
         cos = self.cos2[start : start + n].view(shape)  # [n, 1.., Dh]

@@ -96,7 +96,8 @@ def test_compiled_stream_is_one_graph_for_every_step_and_reset(make_encoder, mon
     x = torch.randn(3, 20, 5)
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         out = owned_stream(StreamingEncoder(compiled_enc, batch=3), x, RESETS)
-    torch.testing.assert_close(out, plain_stream(enc, x, RESETS), atol=1e-6, rtol=0)
+    # 2e-6: compiled on CPU, TanhGELU is the sigmoid form of the same function (5e-7 apart)
+    torch.testing.assert_close(out, plain_stream(enc, x, RESETS), atol=2e-6, rtol=0)
     assert counters["stats"]["unique_graphs"] == 1  # fullgraph: no breaks, no recompiles
     torch._dynamo.reset()
 
