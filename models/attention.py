@@ -39,6 +39,7 @@ from .rotary import apply_rotary
 __all__ = [
     "SeriesState",
     "SharedKVAttention",
+    "additive_band",
     "band_mask",
     "block_attention",
     "first_chunk_mask",
@@ -69,6 +70,13 @@ def band_mask(window: int, group: int, device: torch.device | str | None = None)
     j = torch.arange(2 * window, device=device)[None, :]  # [1, 2W]
     band = (j > i) & (j <= i + window)  # [W, 2W]
     return band.repeat(group, 1)  # [G*W, 2W]
+
+
+def additive_band(window: int, group: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """:func:`band_mask` as an additive float mask (SDPA would convert a bool mask in every
+    call, forward and back): ``[G*W, 2W]``, 0 where attention is allowed, -inf elsewhere."""
+    band = band_mask(window, group)  # [G*W, 2W]
+    return torch.zeros(band.shape, dtype=dtype).masked_fill_(~band, float("-inf"))
 
 
 def kv_blocks(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -226,16 +234,16 @@ def token_region(x: torch.Tensor, x_start: int, start: int, length: int) -> torc
 class SeriesState:
     """What the layers of one series pass share: rotary tables, masks and the owners' K/V.
 
-    Built once per pass by the encoder (see ``MLKVEncoder._blocks``), so that per-call
-    constants (rotary tables, the band mask) are made once, not once per layer, and K/V
-    blocks that several layers read are cut once.
+    Built once per pass by the encoder (see ``MLKVEncoder._blocks``) from tables the
+    encoder makes once, so that nothing is recomputed per layer (or, compiled, inside every
+    fused kernel that reads it), and K/V blocks that several layers read are cut once.
 
     Args:
         cos2: ``[P, Dh]`` rotary cosines of positions ``0 .. P-1``, twice (``[cos, cos]``),
             float32 or wider.
         sin2: ``[P, Dh]`` rotary sines, as ``[-sin, sin]`` (:func:`rotation_tables`).
+        band: ``[G*W, 2W]`` additive band mask (:func:`additive_band`), in ``cos2``'s dtype.
         window: ``W``.
-        group: ``G``, query heads per KV head.
         chunk_blocks: blocks per attention call.
     """
 
@@ -243,18 +251,14 @@ class SeriesState:
         self,
         cos2: torch.Tensor,
         sin2: torch.Tensor,
+        band: torch.Tensor,
         window: int,
-        group: int,
         chunk_blocks: int,
     ) -> None:
         self.cos2, self.sin2 = cos2, sin2  # [P, Dh] each
+        self.band = band  # [G*W, 2W]: 0 where attention is allowed, -inf elsewhere
         self.window = window
         self.chunk_blocks = chunk_blocks
-        band = band_mask(window, group, device=cos2.device)  # [G*W, 2W]
-        # additive float masks: SDPA would convert a bool mask in every call, forward and back
-        self.band = torch.zeros(band.shape, dtype=cos2.dtype, device=band.device).masked_fill_(
-            ~band, float("-inf")
-        )  # [G*W, 2W]: 0 where attention is allowed, -inf elsewhere
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # owner: k, v, start
         self._blocks: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._first: dict[tuple[int, int], torch.Tensor] = {}

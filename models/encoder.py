@@ -44,7 +44,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import SeriesState, SharedKVAttention, rotation_tables, token_region
+from .attention import (
+    SeriesState,
+    SharedKVAttention,
+    additive_band,
+    rotation_tables,
+    token_region,
+)
 from .cache import KVCache
 from .memory import MemoryUsage, PKMConfig, ProductKeyMemory
 from .plan import KVSharingPlan
@@ -341,6 +347,8 @@ class MLKVEncoder(nn.Module):
         )  # [P, Dh] each, float64: rounded to the pass's dtype when used
         self.register_buffer("rope_cos2", cos2, persistent=False)
         self.register_buffer("rope_sin2", sin2, persistent=False)
+        G = plan.n_heads // plan.n_kv_heads
+        self.register_buffer("band", additive_band(config.window, G), persistent=False)
         # last layer reading each owner's K/V: the series path frees them after it
         self._last_use = {
             o: max(i for i, s in enumerate(plan.kv_source) if s == o) for o in plan.owners
@@ -658,8 +666,7 @@ class MLKVEncoder(nn.Module):
             h = self.inp(token_region(x, 0, first, whole(first)))  # [B, whole(first), D]
             rope = torch.promote_types(h.dtype, torch.float32)  # fp32 even under bf16 autocast
             cos2, sin2 = self._rotation(n + W, rope, x.device)  # [n+W, Dh] each
-            G = cfg.plan.n_heads // cfg.plan.n_kv_heads
-            state = SeriesState(cos2, sin2, W, G, chunk_blocks)
+            state = SeriesState(cos2, sin2, self.band.to(rope), W, chunk_blocks)
             h_start = first
             for i, block in enumerate(self.blocks):
                 h = block.series(h, h_start, starts[i], whole(starts[i]), state, valid=valid)
