@@ -499,11 +499,12 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         (a PPO minibatch when ``segment_len`` divides ``batch_size`` and no env resets
         inside the rollout) through :meth:`evaluate_segments` compiled with static shapes:
         encoder, heads and the Gaussian's log-prob in one graph, its backward in another.
-        On a CPU core this removes most of the ~1,600 small ops of an eager gradient step
-        (1.6x on forward + backward, ``update_profile.py --compiled``) for a one-off compile
-        of about a minute; each new minibatch shape compiles once more (up to dynamo's
-        cache limit, then it runs eager), and other minibatches run eager. Same losses up to
-        float rounding.
+        On a CPU core this removes most of the ~1,600 small ops of an eager gradient step:
+        2.3x on forward + backward (``update_profile.py --compiled``; the encoder hands
+        inductor plain attention, a sigmoid-form GELU, and its rotary tables and band mask as
+        buffers, see :mod:`models.encoder`) for a one-off compile of 30-70 s. Each new
+        minibatch shape compiles once more (up to dynamo's cache limit, then it runs eager),
+        and other minibatches run eager. Same losses up to float rounding.
 
         Args:
             backend: ``torch.compile`` backend (tests use ``"aot_eager"``).

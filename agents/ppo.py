@@ -132,7 +132,7 @@ class MLKVPPO(PPO):
         rollout_chunk: bars encoded at a time per env during rollouts.
         compile_update: ``torch.compile`` the update's forward for minibatches of whole
             segments of one length (:meth:`MLKVActorCriticPolicy.compile_update`): about
-            1.6x on a CPU core's forward + backward for a one-off compile of about a minute
+            2.3x on a CPU core's forward + backward for a one-off compile of 30-70 s
             (worth it for runs of more than a few minutes). Not with the encoder's own
             ``compile``.
         **kwargs: PPO's keyword arguments.

@@ -30,6 +30,13 @@ The CUDA path (``autocast_bf16``, ``compile``):
   bounded number of graphs instead of one per length;
 * ``step`` takes its cache as an argument; :class:`~models.streaming.StreamingEncoder`
   owns one instead, which is what CUDA graphs need.
+
+Compiled for the CPU (the PPO update's ``compile_update``), block attention is plain ops
+(:func:`~models.attention.masked_attention`) and the MLP's GELU its sigmoid form
+(:class:`TanhGELU`), both of which inductor fuses better than it runs SDPA's CPU kernel or
+``tanh``; the rotary tables and the band mask are buffers made once at construction (the
+float64 ``cos``/``sin`` would otherwise be recomputed inside every fused kernel that reads
+them). Eager and CUDA runs are unchanged.
 """
 
 from __future__ import annotations
