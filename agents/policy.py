@@ -509,8 +509,14 @@ class MLKVActorCriticPolicy(ActorCriticPolicy):
         Args:
             backend: ``torch.compile`` backend (tests use ``"aot_eager"``).
         """
+        # on the CPU, inductor's C++ wrapper calls the graph's ~200 matmuls and kernels
+        # without a Python call each: ~1 ms less per gradient step (of ~6)
+        cpu = backend == "inductor" and self.device.type == "cpu"
         self._compiled_segments = th.compile(
-            self.evaluate_segments, dynamic=False, backend=backend
+            self.evaluate_segments,
+            dynamic=False,
+            backend=backend,
+            options={"cpp_wrapper": True} if cpu else None,
         )
 
     def evaluate_actions(
