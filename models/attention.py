@@ -149,7 +149,8 @@ def block_attention(
         kc = k2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
         vc = v2[:, :, b0:b1].reshape(B * Hkv, b1 - b0, 2 * W, Dh)  # [B*Hkv, nbc, 2W, Dh]
         with torch.autocast(q.device.type, enabled=False):  # fp32 scores, see the module doc
-            if dropout_p == 0.0 and q.device.type == "cpu" and torch.compiler.is_compiling():
+            plain = dropout_p == 0.0 and mask.is_floating_point() and q.device.type == "cpu"
+            if plain and torch.compiler.is_compiling():  # additive masks only, see masked_attention
                 y = masked_attention(qc, kc, vc, mask)
             else:
                 y = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, dropout_p=dropout_p)

@@ -117,3 +117,16 @@ def test_compiled_cpu_series_matches_eager_and_uses_the_plain_attention(make_enc
     torch.testing.assert_close(out, eager_out, atol=2e-6, rtol=1e-5)
     for a, b in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_compiled_block_attention_equals_eager_for_both_mask_kinds(kind):
+    torch.manual_seed(0)
+    band = band_mask(4, 2)  # [8, 8] bool
+    if kind == "additive":
+        band = torch.zeros(8, 8).masked_fill_(~band, float("-inf"))
+    q, k, v = torch.randn(1, 2, 3, 8, 6), torch.randn(1, 2, 3, 8, 6), torch.randn(1, 2, 3, 8, 6)
+    want = attention.block_attention(q, k, v, band, chunk_blocks=2)
+    torch._dynamo.reset()
+    compiled = torch.compile(attention.block_attention, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, band, 2), want, atol=1e-6, rtol=1e-5)
