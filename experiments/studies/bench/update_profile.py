@@ -132,16 +132,18 @@ def segment_loss(model: Any) -> Any:
 
 def compiled_comparison(model: Any, batches: list[Any], repeats: int) -> str:
     """Eager vs compiled forward + backward of :func:`segment_loss`, ms per step (CPU)."""
+    from agents.extractor import span_bars
+
     ctx = model.policy.receptive_field - 1
     inputs = []
     for data in batches:
         obs = data.observations
-        starts, longest = np.asarray(obs.starts), int(np.max(obs.lengths))
+        longest = int(np.max(obs.lengths))
         if np.any(np.asarray(obs.lengths) != longest):
             continue  # whole segments only: one static shape
-        index = th.as_tensor(starts - ctx)[:, None] + th.arange(ctx + longest)[None, :]
-        inputs.append((obs.features[index], obs.account, data.actions, data.old_log_prob,
-                       data.advantages, data.returns))
+        x = span_bars(obs.features, obs.starts, ctx, longest)  # [S, ctx + L, F]
+        inputs.append((x, obs.account, data.actions, data.old_log_prob, data.advantages,
+                       data.returns))
     eager = segment_loss(model)
     compiled = th.compile(eager, dynamic=False, options={"cpp_wrapper": True})  # as shipped
     t0 = time.perf_counter()
